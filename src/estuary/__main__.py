@@ -1,0 +1,5 @@
+import sys
+
+from estuary.cli import main
+
+sys.exit(main())

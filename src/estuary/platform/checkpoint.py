@@ -1,0 +1,66 @@
+"""Round checkpoints: every client's state and the strategy's driver state, after each round.
+
+    checkpoints/<strategy>/round-0003/
+        clients.pt       {client id: ClientState fields}  (LoRA adapters, optimizer, privacy ledger)
+        strategy.json    the strategy's state_dict() and the round's metrics
+        COMPLETE         written last: a folder without it is ignored (crash mid-save)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from estuary.actors.state import ClientState
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, keep: int = 2) -> None:
+        self.root = run_dir / "checkpoints"
+        self.keep = keep
+
+    def _dir(self, strategy: str, rnd: int) -> Path:
+        return self.root / strategy / f"round-{rnd:04d}"
+
+    def save(
+        self,
+        strategy: str,
+        rnd: int,
+        states: dict[str, ClientState],
+        driver_state: dict[str, Any],
+        metrics: dict[str, float],
+    ) -> Path:
+        path = self._dir(strategy, rnd)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        torch.save({cid: dataclasses.asdict(s) for cid, s in states.items()}, path / "clients.pt")
+        meta = {"round": rnd, "strategy_state": driver_state, "metrics": metrics}
+        (path / "strategy.json").write_text(json.dumps(meta, default=float))
+        (path / "COMPLETE").write_text("ok\n")
+        for old in self.rounds(strategy)[: -self.keep]:
+            shutil.rmtree(self._dir(strategy, old), ignore_errors=True)
+        return path
+
+    def rounds(self, strategy: str) -> list[int]:
+        base = self.root / strategy
+        if not base.exists():
+            return []
+        done = [p for p in base.glob("round-*") if (p / "COMPLETE").exists()]
+        return sorted(int(p.name.split("-")[1]) for p in done)
+
+    def latest(self, strategy: str) -> int | None:
+        rounds = self.rounds(strategy)
+        return rounds[-1] if rounds else None
+
+    def load(self, strategy: str, rnd: int) -> tuple[dict[str, ClientState], dict[str, Any], dict[str, float]]:
+        path = self._dir(strategy, rnd)
+        raw = torch.load(path / "clients.pt", weights_only=False)
+        states = {cid: ClientState(**fields) for cid, fields in raw.items()}
+        meta = json.loads((path / "strategy.json").read_text())
+        return states, meta["strategy_state"], meta["metrics"]

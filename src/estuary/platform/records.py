@@ -1,0 +1,103 @@
+"""Recorder: owns the run folder.
+
+    <out>/<run-id>/
+      config.yaml       the resolved job (what `estuary resume` reads back)
+      rounds.jsonl      one JSON object per strategy round
+      clients.jsonl     one per client per round (loss, metrics, wall seconds, worker, attempts)
+      failures.jsonl    clients that failed a round, with their error text
+      summary.json      final metrics per strategy (the method and its baselines)
+      plots/*.png       metrics per round, spread across clients
+      checkpoints/      per strategy, after each round
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from estuary.errors import EstuaryError
+
+JSONL_FILES = ("rounds.jsonl", "clients.jsonl", "failures.jsonl")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with path.open() as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash mid-write: ignored, the round is redone
+
+
+class Recorder:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "plots").mkdir(exist_ok=True)
+        (self.dir / "checkpoints").mkdir(exist_ok=True)
+
+    # ------------------------------------------------------------------ writing
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write(self.dir / "config.yaml", yaml_text)
+
+    def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
+        with (self.dir / name).open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=float) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write_round(self, row: dict[str, Any]) -> None:
+        self._append("rounds.jsonl", [row])
+
+    def write_clients(self, rows: list[dict[str, Any]]) -> None:
+        self._append("clients.jsonl", rows)
+
+    def write_failures(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self._append("failures.jsonl", rows)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+
+    # ------------------------------------------------------------------ reading
+    def rounds(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.dir / "rounds.jsonl"))
+
+    def clients(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.dir / "clients.jsonl"))
+
+    def summary(self) -> dict[str, Any]:
+        path = self.dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def truncate_after(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """On resume: drop rows of rounds that were not checkpointed, so they are written once."""
+        for name in JSONL_FILES:
+            path = self.dir / name
+            if path.exists():
+                rows = [r for r in read_jsonl(path) if keep(r)]
+                atomic_write(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+
+
+def open_run_dir(path: str | Path) -> Path:
+    run_dir = Path(path)
+    if not (run_dir / "config.yaml").is_file():
+        raise EstuaryError(f"{run_dir} is not an Estuary run folder (no config.yaml); pass runs/<run-id>")
+    return run_dir

@@ -1,0 +1,112 @@
+"""`estuary report`: the results table (one run, or mean ± std over several runs/seeds) and plots."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from estuary.platform.records import Recorder
+
+# (column title, metric key in a strategy's final metrics)
+CLASSIFICATION_COLUMNS = [
+    ("clients: own eval acc", "client/eval/accuracy/mean"),
+    ("clients: test acc", "client/test/accuracy/mean"),
+    ("clients: test macro-F1", "client/test/macro_f1/mean"),
+    ("server LLM: test acc", "server/test/accuracy"),
+]
+GENERATION_COLUMNS = [
+    ("clients: own eval PPL", "client/eval/perplexity/mean"),
+    ("clients: test PPL", "client/test/perplexity/mean"),
+    ("server LLM: test PPL", "server/test/perplexity"),
+]
+
+
+def _columns(kind: str) -> list[tuple[str, str]]:
+    return GENERATION_COLUMNS if kind == "generation" else CLASSIFICATION_COLUMNS
+
+
+def _fmt(values: list[float], spread: list[float] | None = None) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    if len(values) > 1:
+        return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
+    if spread:  # one run: show the spread across clients
+        return f"{mean:.4f} (±{spread[0]:.3f} clients)"
+    return f"{mean:.4f}"
+
+
+def results_table(*summaries: dict[str, Any]) -> Table:
+    """One row per strategy; with several runs (seeds), cells are mean ± std across runs."""
+    first = summaries[0]
+    kind = first.get("task_kind", "classification")
+    title = f"{first.get('name')} — {first.get('task')}, {first.get('clients')} clients"
+    title += f", {len(summaries)} runs" if len(summaries) > 1 else f", run {first.get('run_id')}"
+    table = Table(title=title)
+    table.add_column("strategy")
+    cols = _columns(kind)
+    for col, _ in cols:
+        table.add_column(col, justify="right")
+    table.add_column("wall s", justify="right")
+    names: list[str] = []
+    for s in summaries:
+        names += [n for n in s.get("strategies", {}) if n not in names]
+    for name in names:
+        entries = [s["strategies"][name] for s in summaries if name in s.get("strategies", {})]
+        cells = []
+        for _, key in cols:
+            vals = [e["metrics"][key] for e in entries if key in e.get("metrics", {})]
+            std_key = key.replace("/mean", "/std")
+            spread = [e["metrics"][std_key] for e in entries if std_key != key and std_key in e["metrics"]]
+            cells.append(_fmt(vals, spread))
+        wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
+        label = name + ("" if all(e.get("complete") for e in entries) else " (incomplete)")
+        table.add_row(label, *cells, f"{wall:.0f}")
+    return table
+
+
+def draw_plots(run_dir: Path) -> list[Path]:
+    """plots/metrics.png: per-round mean across clients with min–max band, per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = Recorder(run_dir)
+    rounds = rec.rounds()
+    if not rounds:
+        return []
+    kind = rec.summary().get("task_kind", "classification")
+    keys = ["client/train/loss"] + [k.removesuffix("/mean") for _, k in _columns(kind) if k.startswith("client/")]
+    keys = [k for k in keys if any(f"{k}/mean" in r["metrics"] for r in rounds)]
+    if not keys:
+        return []
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    for r in rounds:
+        by_strategy.setdefault(r["strategy"], []).append(r)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for name, rows in by_strategy.items():
+            rows = [r for r in rows if f"{key}/mean" in r["metrics"]]
+            if not rows:
+                continue
+            xs = [r["round"] for r in rows]
+            mean = [r["metrics"][f"{key}/mean"] for r in rows]
+            lo = [r["metrics"][f"{key}/min"] for r in rows]
+            hi = [r["metrics"][f"{key}/max"] for r in rows]
+            (line,) = ax.plot(xs, mean, marker="o", label=name)
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_title(key.removeprefix("client/"))
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{run_dir.name}: mean over clients (band: min–max)", fontsize=10)
+    fig.tight_layout()
+    out = run_dir / "plots" / "metrics.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [out]

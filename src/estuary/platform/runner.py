@@ -1,0 +1,132 @@
+"""`estuary run` / `estuary resume`: the driver of one experiment (the method and its baselines)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import ray
+from estuary.errors import EstuaryError
+from estuary.platform.config import ExperimentConfig, load_config
+from estuary.platform.progress import RunProgress
+from estuary.platform.records import Recorder, open_run_dir
+from estuary.platform.registry import build_params, get
+from estuary.platform.runtime import ensure_ray
+
+
+def new_run_dir(cfg: ExperimentConfig) -> Path:
+    run_id = cfg.output.run_id or f"{cfg.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    path = Path(cfg.output.dir) / run_id
+    if (path / "config.yaml").exists():
+        raise EstuaryError(f"run folder {path} exists; use `estuary resume {path}` or another output.run_id")
+    return path
+
+
+def resolve_models(cfg: ExperimentConfig) -> tuple[dict[str, str], str | None]:
+    """Resolve (and convert once, if needed) every client model and the server model, in the driver."""
+    from estuary.models import resolve_model
+
+    specs = {cfg.models.client, *cfg.models.per_client.values()}
+    paths = {spec: resolve_model(spec) for spec in sorted(specs)}
+    server = resolve_model(cfg.models.server) if cfg.evaluation.server else None
+    return paths, server
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> Path:
+    from estuary.actors.pool import ClientPool
+    from estuary.data.federated import build_federated_data
+    from estuary.platform.report import draw_plots, results_table
+    from estuary.platform.run_context import RunContext, ServerContext
+
+    console = console or Console(stderr=True)
+    run_dir = run_dir or new_run_dir(cfg)
+    recorder = Recorder(run_dir)
+    if not resume:
+        recorder.write_config(cfg.to_yaml())
+    # Fail fast, before any actor starts: data and models are checked in the driver.
+    data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
+    model_paths, server_path = resolve_models(cfg)
+
+    summary: dict[str, Any] = recorder.summary() if resume else {}
+    summary.update(
+        {
+            "run_id": run_dir.name,
+            "name": cfg.name,
+            "method": cfg.method,
+            "task": cfg.data.task,
+            "task_kind": data.task.kind,
+            "seed": cfg.seed,
+            "clients": cfg.clients.count,
+            "mode": cfg.clients.mode,
+            "client_sizes": data.sizes(),
+            "test_size": len(data.test),
+            "status": "running",
+        }
+    )
+    summary.setdefault("strategies", {})
+    recorder.write_summary(summary)
+
+    started = ensure_ray(cfg.ray, address)
+    pool = None
+    try:
+        t0 = time.perf_counter()
+        pool = ClientPool(cfg, model_paths)
+        pool.wait_ready()
+        summary["pool"] = {"workers": pool.size, "startup_s": round(time.perf_counter() - t0, 2)}
+        server = ServerContext(cfg, server_path, data.task, data.test)
+        with RunProgress(console, enabled=show_progress) as progress:
+            ctx = RunContext(cfg, run_dir.name, recorder, pool, server, progress)
+            if resume:
+                done = {n for n, s in summary["strategies"].items() if s.get("complete")}
+                latest = {n: ctx.checkpointer.latest(n) or 0 for n in cfg.strategies()}
+                recorder.truncate_after(
+                    lambda r: r.get("strategy") in done or r.get("round", 0) <= latest.get(str(r.get("strategy")), 0)
+                )
+            for name in cfg.strategies():
+                if summary["strategies"].get(name, {}).get("complete"):
+                    continue
+                strategy = get(name)(cfg, build_params(name, cfg.method_params if name == cfg.method else {}))
+                s0 = time.perf_counter()
+                final = strategy.run(ctx)
+                prev = summary["strategies"].get(name, {}).get("wall_s", 0.0)
+                summary["strategies"][name] = {
+                    "complete": True,
+                    "rounds": strategy.num_rounds(),
+                    "wall_s": round(prev + time.perf_counter() - s0, 2),
+                    "metrics": final,
+                }
+                recorder.write_summary(summary)
+        summary["status"] = "complete"
+    except BaseException as exc:
+        summary["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise
+    finally:
+        recorder.write_summary(summary)
+        if pool is not None:
+            pool.shutdown()
+        if started:
+            ray.shutdown()
+    if cfg.output.plots:
+        draw_plots(run_dir)
+    console.print(results_table(summary))
+    console.print(f"run folder: [bold]{run_dir}[/bold]")
+    return run_dir
+
+
+def resume_experiment(run_dir: str | Path, **kwargs: Any) -> Path:
+    path = open_run_dir(run_dir)
+    cfg = load_config(path / "config.yaml")
+    return run_experiment(cfg, run_dir=path, resume=True, **kwargs)

@@ -1,0 +1,135 @@
+"""The Strategy ABC: a few hooks, and one template method (`run`) that owns the round loop.
+
+A method is one file: a config dataclass (`config_class`) and a Strategy subclass filling the hooks.
+It never talks to Ray: the pool, the server LLM and the run's records are what it is given.
+
+    for round r:
+        clients = select_clients(r)             # which clients take part
+        tasks   = configure_round(r, clients)   # what each one does
+        results = <pool runs client_step on workers; quorum checked>
+        agg     = aggregate(r, results)         # driver side, pure where possible
+        server  = server_step(r, agg, llm)      # generate / score / fine-tune the LLM
+        metrics = evaluate(r, results, server)  # round metrics (clients and LLM)
+        <records written, checkpoint saved>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+from estuary.actors.egress import Egress
+from estuary.platform.plan import ClientTask
+
+if TYPE_CHECKING:
+    from estuary.actors.context import ClientContext
+    from estuary.platform.config import ExperimentConfig
+    from estuary.platform.run_context import RunContext, ServerContext
+
+
+@dataclasses.dataclass
+class NoParams:
+    """This method has no parameters of its own (it uses the job's training section)."""
+
+
+@dataclasses.dataclass
+class RoundOutcome:
+    results: dict[str, Egress]
+    failures: dict[str, str]  # client id → last error text
+    attempts: int = 0  # task submissions, retries included
+
+    @property
+    def ok(self) -> int:
+        return len(self.results)
+
+
+def client_ids(count: int) -> list[str]:
+    width = max(3, len(str(count - 1)))
+    return [f"c{i:0{width}d}" for i in range(count)]
+
+
+def summarize_metrics(results: Mapping[str, Egress]) -> dict[str, float]:
+    """mean/std/min/max across clients of every metric they reported."""
+    by_key: dict[str, list[float]] = {}
+    for eg in results.values():
+        for k, v in eg.metrics.items():
+            by_key.setdefault(k, []).append(float(v))
+    out: dict[str, float] = {}
+    for k, vals in sorted(by_key.items()):
+        out[f"{k}/mean"] = statistics.fmean(vals)
+        out[f"{k}/std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+        out[f"{k}/min"] = min(vals)
+        out[f"{k}/max"] = max(vals)
+        out[f"{k}/n"] = float(len(vals))
+    return out
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type] = NoParams
+    description: ClassVar[str] = ""
+
+    def __init__(self, exp: ExperimentConfig, params: Any | None = None) -> None:
+        self.exp = exp
+        self.params = params if params is not None else self.config_class()
+
+    # ------------------------------------------------------------------ driver-side hooks
+    def num_rounds(self) -> int:
+        return self.exp.rounds
+
+    def client_ids(self) -> list[str]:
+        """The clients this strategy runs (the centralized baseline has a single pooled one)."""
+        return client_ids(self.exp.clients.count)
+
+    def select_clients(self, rnd: int, clients: list[str]) -> list[str]:
+        return clients
+
+    def should_evaluate(self, rnd: int) -> bool:
+        return rnd == self.num_rounds() or rnd % self.exp.evaluation.every == 0
+
+    def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
+        ev = self.should_evaluate(rnd)
+        return [ClientTask(cid, rnd, kind="train", evaluate=ev) for cid in clients]
+
+    def aggregate(self, rnd: int, outcome: RoundOutcome) -> dict[str, Any]:
+        return {}
+
+    def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, rnd: int, outcome: RoundOutcome, server_metrics: dict[str, float]) -> dict[str, float]:
+        metrics = {f"client/{k}": v for k, v in summarize_metrics(outcome.results).items()}
+        metrics.update({f"server/{k}": v for k, v in server_metrics.items()})
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Driver-side state to checkpoint with each round (server adapter version, ...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    # ------------------------------------------------------------------ client-side hook
+    @abstractmethod
+    def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        """Runs inside a worker with the client's private data and state; returns only an Egress."""
+
+    # ------------------------------------------------------------------ template method
+    @final
+    def run(self, ctx: RunContext) -> dict[str, float]:
+        """Own the round loop; resumes after the last checkpointed round. Returns final metrics."""
+        start = ctx.restore(self)
+        final: dict[str, float] = ctx.last_metrics(self)
+        for rnd in range(start, self.num_rounds() + 1):
+            t0 = time.perf_counter()
+            tasks = self.configure_round(rnd, self.select_clients(rnd, self.client_ids()))
+            outcome = ctx.run_tasks(self, rnd, tasks)
+            agg = self.aggregate(rnd, outcome)
+            server_metrics = self.server_step(rnd, agg, ctx.server)
+            final = self.evaluate(rnd, outcome, server_metrics)
+            ctx.end_round(self, rnd, final, outcome, time.perf_counter() - t0)
+        return final

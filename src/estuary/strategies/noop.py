@@ -1,0 +1,37 @@
+"""noop: clients do (almost) nothing — measures the platform's own per-round, per-client cost.
+
+The client step never touches the model, so workers never load one; the state round-trips through
+the object store exactly as a real method's does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, ClassVar
+
+from estuary.actors.egress import Egress
+from estuary.platform.plan import ClientTask
+from estuary.platform.registry import register
+from estuary.platform.strategy import Strategy
+from estuary.strategies.noop_config import NoopConfig
+
+if TYPE_CHECKING:
+    from estuary.actors.context import ClientContext
+
+
+@register
+class Noop(Strategy):
+    name = "noop"
+    config_class: ClassVar[type] = NoopConfig
+    description = "Clients do nothing (optionally sleep): measures orchestration overhead."
+
+    def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        p: NoopConfig = self.params
+        if p.sleep_s:
+            time.sleep(p.sleep_s)
+        if p.payload_floats and "payload" not in ctx.state.extra:
+            import torch
+
+            ctx.state.extra["payload"] = torch.zeros(p.payload_floats)
+        ctx.state.rounds_trained += 1
+        return ctx.egress(task, metrics={"train/rounds": float(ctx.state.rounds_trained)})

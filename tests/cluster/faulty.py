@@ -1,0 +1,24 @@
+"""A strategy for fault tests: client c001 always raises (importable by workers via PYTHONPATH)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from estuary.platform.registry import register
+from estuary.strategies.baselines import Standalone
+
+
+@dataclass
+class FaultyConfig:
+    failing_client: str = field(default="c001", metadata={"help": "Client whose step always raises."})
+
+
+@register
+class Faulty(Standalone):
+    name = "faulty_test"
+    config_class = FaultyConfig
+
+    def client_step(self, ctx, task):  # type: ignore[no-untyped-def]
+        if ctx.client_id == self.params.failing_client:
+            raise RuntimeError(f"planted failure in {ctx.client_id}")
+        return super().client_step(ctx, task)

@@ -1,0 +1,63 @@
+"""Run records, checkpoints and pool sizing arithmetic (no Ray cluster)."""
+
+from __future__ import annotations
+
+import torch
+
+from estuary.actors.pool import worker_capacity
+from estuary.actors.state import ClientState
+from estuary.platform.checkpoint import Checkpointer
+from estuary.platform.config import ResourcesConfig
+from estuary.platform.records import Recorder
+from estuary.platform.report import results_table
+
+
+def test_recorder_appends_and_truncates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(tmp_path / "run")
+    for r in (1, 2, 3):
+        rec.write_round({"strategy": "s", "round": r, "metrics": {}})
+    with (rec.dir / "rounds.jsonl").open("a") as fh:
+        fh.write('{"strategy": "s", "rou')  # torn line from a crash
+    assert [r["round"] for r in rec.rounds()] == [1, 2, 3]
+    rec.truncate_after(lambda row: row["round"] <= 2)
+    assert [r["round"] for r in rec.rounds()] == [1, 2]
+
+
+def test_checkpoint_round_trip_keeps_latest(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ck = Checkpointer(tmp_path, keep=2)
+    state = ClientState("c000", "m", adapter={"w": torch.arange(4.0)}, optimizer={"step": 3}, rounds_trained=2)
+    for r in (1, 2, 3):
+        ck.save("standalone", r, {"c000": state}, {"version": r}, {"acc": 0.5 + r / 10})
+    assert ck.rounds("standalone") == [2, 3] and ck.latest("standalone") == 3
+    states, driver, metrics = ck.load("standalone", 3)
+    assert torch.equal(states["c000"].adapter["w"], torch.arange(4.0))
+    assert states["c000"].rounds_trained == 2 and driver == {"version": 3} and metrics["acc"] == 0.8
+    (tmp_path / "checkpoints" / "standalone" / "round-0003" / "COMPLETE").unlink()  # crash mid-save
+    assert ck.latest("standalone") == 2
+
+
+def test_worker_capacity_over_nodes() -> None:
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 16, "GPU": 2, "client_slot": 8}},
+        {"Alive": True, "Resources": {"CPU": 4}},
+        {"Alive": False, "Resources": {"CPU": 64, "GPU": 8}},
+    ]
+    assert worker_capacity(ResourcesConfig(num_cpus=1), nodes) == 20
+    assert worker_capacity(ResourcesConfig(num_cpus=1, num_gpus=0.25), nodes) == 8
+    assert worker_capacity(ResourcesConfig(num_cpus=2, num_gpus=0.5, custom={"client_slot": 2}), nodes) == 4
+    assert worker_capacity(ResourcesConfig(num_cpus=0, num_gpus=1), nodes[1:2]) == 0
+
+
+def test_results_table_mean_std_over_runs() -> None:
+    def s(acc: float) -> dict:
+        metrics = {"client/test/accuracy/mean": acc}
+        return {
+            "name": "x", "task": "sst2", "clients": 4, "run_id": "r", "task_kind": "classification",
+            "strategies": {"standalone": {"complete": True, "wall_s": 3, "metrics": metrics}},
+        }
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(results_table(s(0.6), s(0.8)))
+    text = console.export_text()
+    assert "0.7000 ± 0.1414" in text and "2 runs" in text

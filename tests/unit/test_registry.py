@@ -1,0 +1,68 @@
+"""Strategy registry and the Strategy template's pure parts (no Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from estuary.actors.egress import Egress
+from estuary.errors import ConfigError
+from estuary.platform import registry
+from estuary.platform.config import load_config
+from estuary.platform.strategy import RoundOutcome, Strategy, client_ids, summarize_metrics
+
+
+def test_builtins_registered_and_unknown_lists_known() -> None:
+    assert {"zero_shot", "standalone", "centralized"} <= set(registry.available())
+    with pytest.raises(ConfigError, match="did you mean 'standalone'.*known methods: .*centralized"):
+        registry.get("standalon")
+
+
+def test_register_custom_strategy_and_params() -> None:
+    @dataclasses.dataclass
+    class MyConfig:
+        k: int = dataclasses.field(default=3, metadata={"help": "how many"})
+
+    @registry.register
+    class Mine(Strategy):
+        name = "mine_test"
+        config_class = MyConfig
+
+        def client_step(self, ctx, task):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+    assert registry.get("mine_test") is Mine
+    assert registry.build_params("mine_test", {"k": "7"}).k == 7
+    assert registry.describe("mine_test") == [("k", "3", "how many")]
+    with pytest.raises(ConfigError, match="method_params.k"):
+        registry.build_params("mine_test", {"k": "many"})
+    with pytest.raises(ValueError, match="taken"):
+
+        @registry.register
+        class Other(Mine):  # same name, different class
+            name = "mine_test"
+
+
+def test_client_ids_sort_and_summaries() -> None:
+    ids = client_ids(120)
+    assert ids[0] == "c000" and ids[-1] == "c119" and ids == sorted(ids)
+    res = {
+        "a": Egress("a", 1, "s", metrics={"test/accuracy": 0.5}),
+        "b": Egress("b", 1, "s", metrics={"test/accuracy": 0.7}),
+    }
+    m = summarize_metrics(res)
+    assert m["test/accuracy/mean"] == pytest.approx(0.6) and m["test/accuracy/min"] == 0.5
+    assert m["test/accuracy/std"] == pytest.approx(0.1) and m["test/accuracy/n"] == 2
+
+
+def test_egress_rejects_nan_metrics() -> None:
+    with pytest.raises(ValueError, match="client a: metric 'loss'"):
+        Egress("a", 1, "s", metrics={"loss": float("nan")})
+
+
+def test_evaluate_every_and_quorum_outcome() -> None:
+    cfg = load_config(base={"rounds": 5, "evaluation": {"every": 2}})
+    s = registry.get("standalone")(cfg)
+    assert [s.should_evaluate(r) for r in range(1, 6)] == [False, True, False, True, True]
+    assert RoundOutcome(results={}, failures={"x": "e"}).ok == 0
