@@ -17,6 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray cluster for every Ray-level and e2e test (private temp dir, no dashboard)."""
@@ -26,8 +34,11 @@ def ray_session() -> Iterator[None]:
     from estuary.platform.runtime import worker_env
 
     env = {"PYTHONPATH": f"{REPO}:{REPO / 'src'}", **worker_env()}
+    port = free_port()
+    os.environ["ESTUARY_TEST_METRICS_PORT"] = str(port)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, runtime_env={"env_vars": env},
-             logging_level="WARNING", log_to_driver=False)
+             logging_level="WARNING", log_to_driver=False, _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": 1000})
     yield
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

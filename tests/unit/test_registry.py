@@ -35,7 +35,7 @@ def test_register_custom_strategy_and_params() -> None:
     assert registry.get("mine_test") is Mine
     assert registry.build_params("mine_test", {"k": "7"}).k == 7
     assert registry.describe("mine_test") == [("k", "3", "how many")]
-    with pytest.raises(ConfigError, match="method_params.k"):
+    with pytest.raises(ConfigError, match="parameter 'k' of 'mine_test'"):
         registry.build_params("mine_test", {"k": "many"})
     with pytest.raises(ValueError, match="taken"):
 

@@ -68,8 +68,7 @@ class ClientWorker:
         if cls.name not in self._strategies:
             from estuary.platform.registry import params_for
 
-            params = self.exp.method_params if cls.name == self.exp.method else {}
-            self._strategies[cls.name] = cls(self.exp, params_for(cls, params))
+            self._strategies[cls.name] = cls(self.exp, params_for(cls, self.exp.params_of(cls.name)))
         return self._strategies[cls.name]
 
     # ------------------------------------------------------------------ the task

@@ -1,6 +1,6 @@
 """Data sets, tasks and federated partitions (see ``shared/data/README.md`` for the sources)."""
 
-from .datasets import TASKS, Splits, find_data_root, get_task, load_splits
+from .datasets import TASKS, Splits, find_data_root, get_task, load_splits, stratified_sample
 from .partition import SCHEMES, client_splits, label_entropy, label_histogram, partition
 from .task import Example, Task, TaskKind
 
@@ -18,4 +18,5 @@ __all__ = [
     "label_histogram",
     "load_splits",
     "partition",
+    "stratified_sample",
 ]

@@ -317,9 +317,17 @@ def _subsample(
             f"data.{setting}={size} but task {task.name} has {len(examples)} examples in that split; "
             f"use 0..{len(examples)} or leave it unset"
         )
-    rng = _rng(seed, f"subsample/{task.name}/{setting}")
-    if task.kind == "classification":
-        labels = [e.label if e.label is not None else -1 for e in examples]
+    return stratified_sample(examples, size, seed=seed, purpose=f"subsample/{task.name}/{setting}")
+
+
+def stratified_sample(examples: Sequence[Example], size: int, *, seed: int, purpose: str) -> list[Example]:
+    """``size`` examples (all if fewer), label proportions kept when labelled; source order kept.
+    Deterministic in (seed, purpose)."""
+    if size >= len(examples):
+        return list(examples)
+    rng = _rng(seed, purpose)
+    if all(e.label is not None for e in examples):
+        labels = [int(e.label) for e in examples if e.label is not None]
         classes = sorted(set(labels))
         alloc = _allocate([labels.count(c) for c in classes], size)
         chosen: list[int] = []

@@ -53,7 +53,7 @@ def build_federated_data(data_cfg_json: str, num_clients: int, seed: int) -> Fed
 
 @functools.lru_cache(maxsize=4)
 def _build(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
-    from estuary.data import client_splits, find_data_root, load_splits, partition
+    from estuary.data import client_splits, find_data_root, load_splits, partition, stratified_sample
     from estuary.platform.config import DataConfig
     from estuary.platform.strategy import client_ids
 
@@ -66,5 +66,6 @@ def _build(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
     clients: dict[str, ClientData] = {}
     for i, (cid, idx) in enumerate(zip(client_ids(num_clients), parts, strict=True)):
         train, ev = client_splits(splits.train, idx, cfg.client_eval_fraction, seed + i)
-        clients[cid] = ClientData(tuple(train), tuple(ev[: cfg.client_eval_max]))
+        ev = stratified_sample(ev, cfg.client_eval_max, seed=seed, purpose=f"client-eval/{cid}")
+        clients[cid] = ClientData(tuple(train), tuple(ev))
     return FederatedData(splits.task, clients, tuple(splits.test))

@@ -133,6 +133,9 @@ class ExperimentConfig(_Section):
         default_factory=lambda: ["zero_shot", "standalone", "centralized"],
         description="Baseline strategies run in the same run with the same seed and splits.",
     )
+    baseline_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-baseline parameters, e.g. {centralized: {steps: 20}}."
+    )
     seed: int = Field(0, description="Seed of splits, partitions, client sampling and training.")
     rounds: int = Field(2, ge=1, description="Federated rounds of the method.")
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -160,6 +163,10 @@ class ExperimentConfig(_Section):
         order = [b for b in self.baselines if b != self.method]
         order.sort(key=lambda n: n != "zero_shot")
         return [*order, self.method]
+
+    def params_of(self, strategy: str) -> dict[str, Any]:
+        """The parameters a strategy of this run is built with."""
+        return self.method_params if strategy == self.method else self.baseline_params.get(strategy, {})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -252,8 +259,11 @@ def load_config(
         raise ConfigError(format_validation_error(err, source, ExperimentConfig)) from None
     from estuary.platform.registry import validate_params  # the registry knows every method's config
 
+    for name in cfg.baseline_params:
+        if name not in cfg.baselines:
+            raise ConfigError(f"{source}: baseline_params.{name} names no baseline of this run ({cfg.baselines})")
     for name in cfg.strategies():
-        validate_params(name, cfg.method_params if name == cfg.method else {}, source)
+        validate_params(name, cfg.params_of(name), source)
     return cfg
 
 

@@ -68,7 +68,7 @@ def params_for(strategy_cls: type[Strategy], params: dict[str, Any], source: str
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(fields) or '(none)'}"
-            raise ConfigError(f"{source}: unknown key 'method_params.{key}' for method '{name}' — {hint}")
+            raise ConfigError(f"{source}: unknown key '{key}' in the parameters of '{name}' — {hint}")
     from pydantic import TypeAdapter, ValidationError
 
     try:
@@ -77,7 +77,7 @@ def params_for(strategy_cls: type[Strategy], params: dict[str, Any], source: str
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"])
         raise ConfigError(
-            f"{source}: field 'method_params.{where}' for method '{name}': {e['msg']} (got {e.get('input')!r})"
+            f"{source}: parameter '{where}' of '{name}': {e['msg']} (got {e.get('input')!r})"
         ) from None
 
 

@@ -12,15 +12,15 @@ from estuary.platform.records import Recorder
 
 # (column title, metric key in a strategy's final metrics)
 CLASSIFICATION_COLUMNS = [
-    ("clients: own eval acc", "client/eval/accuracy/mean"),
-    ("clients: test acc", "client/test/accuracy/mean"),
-    ("clients: test macro-F1", "client/test/macro_f1/mean"),
-    ("server LLM: test acc", "server/test/accuracy"),
+    ("SLM own-eval acc", "client/eval/accuracy/mean"),
+    ("SLM test acc", "client/test/accuracy/mean"),
+    ("SLM test F1", "client/test/macro_f1/mean"),
+    ("LLM test acc", "server/test/accuracy"),
 ]
 GENERATION_COLUMNS = [
-    ("clients: own eval PPL", "client/eval/perplexity/mean"),
-    ("clients: test PPL", "client/test/perplexity/mean"),
-    ("server LLM: test PPL", "server/test/perplexity"),
+    ("SLM own-eval PPL", "client/eval/perplexity/mean"),
+    ("SLM test PPL", "client/test/perplexity/mean"),
+    ("LLM test PPL", "server/test/perplexity"),
 ]
 
 
@@ -29,14 +29,15 @@ def _columns(kind: str) -> list[tuple[str, str]]:
 
 
 def _fmt(values: list[float], spread: list[float] | None = None) -> str:
+    """Several runs: mean ± std across runs. One run: mean ± std across its clients (if several)."""
     if not values:
         return "—"
     mean = statistics.fmean(values)
     if len(values) > 1:
-        return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
-    if spread:  # one run: show the spread across clients
-        return f"{mean:.4f} (±{spread[0]:.3f} clients)"
-    return f"{mean:.4f}"
+        return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+    if spread and spread[0] > 0:
+        return f"{mean:.3f} ± {spread[0]:.3f}"
+    return f"{mean:.3f}"
 
 
 def results_table(*summaries: dict[str, Any]) -> Table:
@@ -45,7 +46,8 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     kind = first.get("task_kind", "classification")
     title = f"{first.get('name')} — {first.get('task')}, {first.get('clients')} clients"
     title += f", {len(summaries)} runs" if len(summaries) > 1 else f", run {first.get('run_id')}"
-    table = Table(title=title)
+    caption = "± std across runs" if len(summaries) > 1 else "± std across clients"
+    table = Table(title=title, caption=caption)
     table.add_column("strategy")
     cols = _columns(kind)
     for col, _ in cols:

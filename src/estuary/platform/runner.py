@@ -97,7 +97,7 @@ def run_experiment(
             for name in cfg.strategies():
                 if summary["strategies"].get(name, {}).get("complete"):
                     continue
-                strategy = get(name)(cfg, build_params(name, cfg.method_params if name == cfg.method else {}))
+                strategy = get(name)(cfg, build_params(name, cfg.params_of(name)))
                 s0 = time.perf_counter()
                 final = strategy.run(ctx)
                 prev = summary["strategies"].get(name, {}).get("wall_s", 0.0)
