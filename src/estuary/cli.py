@@ -12,6 +12,7 @@ from rich.table import Table
 
 from estuary.errors import EstuaryError
 
+
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else 120)  # logs and pipes: wide tables
