@@ -304,3 +304,20 @@ def test_input_validation(tokenizer: PreTrainedTokenizerFast, peft_model) -> Non
             seed=0,
             optimizer_state=state,
         )
+
+
+def test_linear_lr_schedule(tokenizer: PreTrainedTokenizerFast) -> None:
+    runs = {}
+    for schedule in ("constant", "linear"):
+        model = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.0), seed=0)
+        runs[schedule] = slm.train_steps(
+            model, tokenizer, SST2, examples(), steps=3, batch_size=4, lr=1e-2, max_length=32, seed=0,
+            lr_schedule=schedule,
+        ).losses  # fmt: skip
+    assert runs["constant"][:2] == runs["linear"][:2]  # step 0 uses the full lr in both (step 1 sees it)
+    assert runs["constant"][2] != runs["linear"][2]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        slm.train_steps(
+            model, tokenizer, SST2, examples(), steps=1, batch_size=4, lr=1e-2, max_length=32, seed=0,
+            lr_schedule="cosine",  # type: ignore[arg-type]
+        )  # fmt: skip

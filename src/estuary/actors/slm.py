@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -229,6 +229,7 @@ def train_steps(
     optimizer_state: dict[str, Any] | None = None,
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
+    lr_schedule: Literal["constant", "linear"] = "constant",
 ) -> TrainResult:
     """`steps` AdamW steps on the trainable (adapter) parameters.
 
@@ -239,7 +240,13 @@ def train_steps(
     its AdamW moments and its step counter, so 2 + 2 steps with a hand-off equal 4 steps in one go
     (same examples and seed). `lr` and `weight_decay` given here override the saved ones. Same
     inputs, seed and state give identical losses. The model is left in the mode it came in.
+
+    `lr_schedule="linear"` decays the learning rate linearly from `lr` towards 0 over this call's
+    steps (restarting at every call, so hand-offs no longer equal one long run); it damps the
+    late-training swings of the label bias that constant-lr training with small batches shows.
     """
+    if lr_schedule not in ("constant", "linear"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {lr_schedule!r}")
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be >= 0 and batch_size >= 1 (got {steps}, {batch_size})")
     if not examples:
@@ -274,6 +281,9 @@ def train_steps(
                 cache.update(zip(todo, encoded, strict=True))
             batch = [cache[i] for i in idx]
             tokens += sum(len(ids) for ids, _ in batch)
+            if lr_schedule == "linear":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (1.0 - (k - start_step) / steps)
             with _rng_scope(_mix(seed, k, 2), device):
                 logprobs, _ = completion_token_logprobs(model, batch, pad_id=pad_id)
                 loss = -logprobs.mean()
