@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import ray
+
 from bench.common import write_result
 from estuary.actors.pool import ClientPool
 from estuary.platform.config import load_config

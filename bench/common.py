@@ -15,9 +15,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def environment() -> dict[str, Any]:
-    import torch
-
     import ray
+    import torch
 
     return {
         "cpus": os.cpu_count(),

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import ray
+
 from bench.common import rss_mib, write_result
 from estuary.platform.config import load_config
 from estuary.platform.runner import run_experiment

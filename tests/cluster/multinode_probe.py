@@ -12,9 +12,9 @@ _TMP = tempfile.mkdtemp(prefix="estmn-", dir="/tmp")
 os.environ["RAY_TMPDIR"] = _TMP  # keep this fake cluster's files (address file too) out of /tmp/ray
 os.makedirs(os.path.join(_TMP, "ray"), exist_ok=True)  # Ray writes its address file there, unasked
 
+import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-import ray  # noqa: E402
 from estuary.actors.pool import ClientPool  # noqa: E402
 from estuary.platform.config import load_config  # noqa: E402
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 import ray
+
 from estuary.actors.pool import ClientPool
 from estuary.errors import ConfigError, RoundFailed
 from estuary.platform.config import load_config

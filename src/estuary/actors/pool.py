@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-import ray
 from estuary.actors.egress import Egress
 from estuary.actors.state import ClientState
 from estuary.actors.worker import ClientWorker

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import ray
+
 from estuary.actors.egress import Egress
 from estuary.actors.state import ClientState
 from estuary.platform.plan import ClientTask

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
+
 from estuary.errors import RoundFailed
 from estuary.platform.checkpoint import Checkpointer
 from estuary.platform.metrics import RunMetrics

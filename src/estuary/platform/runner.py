@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import ray
 from rich.console import Console
 
-import ray
 from estuary.errors import EstuaryError
 from estuary.platform.config import ExperimentConfig, load_config
 from estuary.platform.progress import RunProgress

@@ -6,6 +6,7 @@ import logging
 import os
 
 import ray
+
 from estuary.errors import EstuaryError
 from estuary.platform.config import RayConfig
 
