@@ -11,7 +11,8 @@ from typing import Any
 
 import psutil
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# ESTUARY_BENCH_RESULTS: another folder, e.g. for smoke runs that must not replace the recorded results.
+RESULTS = Path(os.environ.get("ESTUARY_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def environment() -> dict[str, Any]:

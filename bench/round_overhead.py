@@ -1,11 +1,16 @@
-"""Round overhead of the client pool with no-op clients, against raw Ray actor calls in the same run.
+"""Round overhead of the client pool with no-op clients, against raw Ray actor calls in the same run, and the
+cost of a real round with hundreds of clients doing small SLM work.
 
-    python -m bench.round_overhead [--clients 50 200 500] [--rounds 4] [--workers 2]
+    python -m bench.round_overhead [--clients 100 500 1000] [--rounds 4] [--workers 2] \
+        [--real-clients 500] [--real-model tiny|smollm2-135m|PATH] [--real-rounds 2]
 
 For each client count: pooled mode on K workers, the `noop` strategy (no model is loaded), R rounds.
 Reports milliseconds per client per round (steady state: rounds after the first), the driver's
-resident memory per simulated client, and the ratio to a baseline measured in the same run: the same
-number of calls on K bare actors through `ray.wait`, with no Estuary in between.
+resident memory per simulated client, the slope of round time over client count (ms per added client),
+and the ratio to a baseline measured in the same run: the same number of calls on K bare actors through
+`ray.wait`, with no Estuary in between. `--real-clients N` (0 = skip) then runs the `standalone` method with
+N clients, each doing one LoRA step (batch 2, 32 tokens) on the model given (`tiny`: a 2-layer random Llama
+built on the fly, the test suite's), and reports each round's wall time, ms per client and driver memory.
 """
 
 from __future__ import annotations
@@ -54,10 +59,13 @@ def bare_round_ms(workers: list, n: int, inflight: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clients", type=int, nargs="+", default=[50, 200, 500])
+    ap.add_argument("--clients", type=int, nargs="+", default=[100, 500, 1000])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--payload-floats", type=int, default=0, help="per-client state size (floats)")
+    ap.add_argument("--real-clients", type=int, default=500, help="clients of the real round (0 = skip it)")
+    ap.add_argument("--real-model", default="tiny", help="tiny (built on the fly), an alias or a model folder")
+    ap.add_argument("--real-rounds", type=int, default=2)
     args = ap.parse_args()
 
     ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -98,15 +106,57 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row))
-    slope = None
+    slope = rss_slope = None
     if len(rows) > 1:
         xs = [r["clients"] for r in rows]
-        ys = [r["round_ms_median"] for r in rows]
-        slope = statistics.linear_regression(xs, ys).slope
+        slope = statistics.linear_regression(xs, [r["round_ms_median"] for r in rows]).slope
+        rss_slope = statistics.linear_regression(xs, [r["driver_rss_delta_mib"] for r in rows]).slope
+    real = real_round(args, out_dir) if args.real_clients else None
     ray.shutdown()
     write_result("round_overhead", {"workers": args.workers, "rounds": args.rounds,
                                     "slope_ms_per_added_client": round(slope, 3) if slope else None,
-                                    "rows": rows})
+                                    "driver_kib_per_added_client": round(rss_slope * 1024, 2) if rss_slope else None,
+                                    "rows": rows, "real_round": real})
+
+
+def real_round(args: argparse.Namespace, out_dir: Path) -> dict:
+    """`standalone` with N clients, one small LoRA step each, on K pooled workers: the cost of a real round."""
+    model = args.real_model
+    if model == "tiny":
+        from tests.conftest import build_tiny_model
+
+        from estuary.data import find_data_root
+
+        lines = (find_data_root() / "sst2" / "train.txt").read_text().splitlines()
+        model = str(build_tiny_model(out_dir / "tiny-llama", [ln[2:] for ln in lines]))
+    n = args.real_clients
+    gc.collect()
+    rss0 = rss_mib()
+    job = {
+        "name": f"real{n}", "method": "standalone", "baselines": [], "rounds": args.real_rounds,
+        "models": {"client": model},
+        "data": {"task": "sst2", "partition": "iid", "min_client_size": 4, "client_eval_max": 4, "test_size": 20},
+        "clients": {"count": n, "pool_size": args.workers},
+        "training": {"steps": 1, "batch_size": 2, "max_length": 32},
+        "evaluation": {"server": False, "global_test": False, "every": 1_000_000},
+        "output": {"dir": str(out_dir), "run_id": f"real{n}", "plots": False, "keep_checkpoints": 1},
+    }
+    t0 = time.perf_counter()
+    run_dir = run_experiment(load_config(base=job), show_progress=False)
+    total = time.perf_counter() - t0
+    rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {
+        "clients": n, "model": args.real_model, "workers": args.workers, "steps_per_client": 1,
+        "round_s": [r["wall_s"] for r in rounds],
+        "ms_per_client_round": [round(r["wall_s"] * 1000 / n, 1) for r in rounds],
+        "clients_ok": [r["clients_ok"] for r in rounds],
+        "pool_startup_s": summary.get("pool", {}).get("startup_s"),
+        "run_total_s": round(total, 1),
+        "driver_rss_delta_mib": round(rss_mib() - rss0, 1),
+    }
+    print(json.dumps({"real_round": out}))
+    return out
 
 
 if __name__ == "__main__":

@@ -103,3 +103,7 @@ def tiny_job(tmp_path: Path, model_dir: Path, **overrides: Any) -> dict[str, Any
         else:
             job[key] = value
     return job
+
+
+# The served-model fixtures (one vLLM deployment per session) are shared by the serve, train and e2e tests.
+pytest_plugins = ["tests.serve.fixtures"]

@@ -70,6 +70,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from estuary.platform.records import open_run_dir
+    from estuary.privacy.audit import audit_run_dir, report_table
+
+    open_run_dir(args.run_dir)
+    console.print(f"auditing {args.run_dir}: a DP and a non-DP generator on one client's data ...")
+    report = audit_run_dir(args.run_dir, client=args.client, members=args.members, epochs=args.epochs,
+                           steps=args.steps, retrain=args.retrain, log=console.print)
+    out = _console(stderr=False)
+    out.print(f"membership inference (loss threshold) on client {report['client']} of {report['run']}")
+    out.print(report_table(report))
+    out.print(f"written: {args.run_dir}/audit.json")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from estuary.platform.registry import available, describe, get
 
@@ -127,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-plots", action="store_true")
     rep.set_defaults(fn=_cmd_report)
 
+    aud = sub.add_parser("audit", help="membership-inference audit of a run's DP generator vs a non-DP one")
+    aud.add_argument("run_dir")
+    aud.add_argument("--client", help="client id to audit (default: the one with the most training data)")
+    aud.add_argument("--members", type=int, default=64, help="member examples (non-members: as many held out)")
+    aud.add_argument("--epochs", type=float, help="epochs of generators trained for the audit (default: the run's)")
+    aud.add_argument("--steps", type=int, help="steps of generators trained for the audit (overrides --epochs)")
+    aud.add_argument("--retrain", action="store_true", help="train a DP generator even if the run saved one")
+    aud.set_defaults(fn=_cmd_audit)
+
     met = sub.add_parser("methods", help="list the registered methods and their parameters")
     met.set_defaults(fn=_cmd_methods)
 
@@ -135,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("names", nargs="*", help="aliases or specs to prepare (default: client and server)")
     mod.add_argument("--force", action="store_true", help="convert again even if cached")
     mod.set_defaults(fn=_cmd_models)
+
+    from estuary.platform.jobs_cli import add_jobs_parser
+    from estuary.serve.cli import add_serve_parser
+
+    add_serve_parser(sub)
+    add_jobs_parser(sub)  # submit, runs
     return p
 
 

@@ -16,9 +16,13 @@ from estuary.data.federated import ClientData
 from estuary.data.task import Example, Task
 
 if TYPE_CHECKING:
+    from estuary.actors.dp_generator import GeneratorConfig
+    from estuary.actors.privacy import SyntheticResult
     from estuary.actors.slm import TrainResult
     from estuary.platform.config import ExperimentConfig
     from estuary.platform.plan import ClientTask
+    from estuary.privacy.dp_sgd import DPTrainResult
+    from estuary.privacy.ledger import LedgerEntry
 
 
 def derive_seed(*parts: object) -> int:
@@ -39,6 +43,7 @@ class ClientContext:
         test: tuple[Example, ...],
         worker: str,
         strategy: str,
+        load: Callable[[str], tuple[Any, Any]] | None = None,
     ) -> None:
         self.exp = exp
         self.state = state
@@ -50,6 +55,8 @@ class ClientContext:
         self.worker = worker
         self.strategy = strategy
         self.trained = False  # set when the adapter changed and must be written back to the state
+        self.privacy_rows: list[LedgerEntry] = []  # ledger entries of this task, sent on the Egress
+        self._load = load  # model spec → the worker's (model with LoRA, tokenizer), e.g. a DP generator model
 
     def _model_and_tokenizer(self) -> tuple[Any, Any]:
         """The worker's base model with this client's adapter swapped in, on first use only."""
@@ -64,6 +71,15 @@ class ClientContext:
     @property
     def tokenizer(self) -> Any:
         return self._model_and_tokenizer()[1]
+
+    def model_for(self, spec: str | None) -> tuple[Any, Any]:
+        """(model, tokenizer) of another model the worker holds (None: this client's own SLM). Its adapter
+        is whatever the last user left: load one before use."""
+        if spec is None or spec == self.state.model:
+            return self._model_and_tokenizer()
+        if self._load is None:
+            raise RuntimeError(f"this client context cannot load model {spec!r} (no loader given)")
+        return self._load(spec)
 
     @property
     def client_id(self) -> str:
@@ -103,6 +119,20 @@ class ClientContext:
         self.trained = True
         return result
 
+    def dp_train_steps(self, rnd: int, **kwargs: Any) -> DPTrainResult:
+        """DP-SGD on the client's private data, charged to its ledger (`state.privacy`); a refusal is
+        returned, not raised (see `estuary.actors.privacy.client_dp_train` for the arguments)."""
+        from estuary.actors.privacy import client_dp_train
+
+        return client_dp_train(self, rnd, **kwargs)
+
+    def dp_synthesize(self, rnd: int, gen_cfg: GeneratorConfig | None = None, **kwargs: Any) -> SyntheticResult:
+        """Labelled synthetic examples from the client's DP generator (trained on first use; see
+        `estuary.actors.privacy.client_dp_synthesize`)."""
+        from estuary.actors.privacy import client_dp_synthesize
+
+        return client_dp_synthesize(self, rnd, gen_cfg, **kwargs)
+
     def evaluate_split(self, examples: tuple[Example, ...] | list[Example]) -> dict[str, float]:
         from estuary.actors import slm
 
@@ -124,4 +154,5 @@ class ClientContext:
         return out
 
     def egress(self, task: ClientTask, **fields: Any) -> Egress:
+        fields.setdefault("privacy", list(self.privacy_rows))
         return Egress(client_id=self.client_id, round=task.round, strategy=self.strategy, worker=self.worker, **fields)

@@ -6,11 +6,13 @@
 
 Crashes and errors are retried (the dead actor is restarted by Ray); a client that keeps failing
 is reported with its error text; a client's state is replaced only by a successful task, once.
+With `clients.round_deadline_s`, tasks still running at the deadline are cancelled and their results,
+when they come, are dropped: a late client keeps its previous state and is reported as late.
+With `clients.groups`, each group has its own workers (resources, model) and runs only its clients.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,9 +23,10 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from estuary.actors.egress import Egress
+from estuary.actors.groups import WorkerGroup, node_capacities, plan_groups
 from estuary.actors.state import ClientState
 from estuary.actors.worker import ClientWorker
-from estuary.errors import ConfigError, EstuaryError
+from estuary.errors import EstuaryError
 from estuary.platform.config import ExperimentConfig, ResourcesConfig
 from estuary.platform.plan import ClientTask
 from estuary.platform.strategy import RoundOutcome, Strategy
@@ -34,16 +37,7 @@ _SYSTEM_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
 def worker_capacity(resources: ResourcesConfig, nodes: list[dict[str, Any]] | None = None) -> int:
     """How many workers with these resources fit on the alive nodes (sum over nodes of the
     per-node minimum over requested resources)."""
-    need = {"CPU": resources.num_cpus, "GPU": resources.num_gpus, **resources.custom}
-    need = {k: v for k, v in need.items() if v > 0}
-    total = 0
-    for node in nodes if nodes is not None else ray.nodes():
-        if not node.get("Alive", True):
-            continue
-        have = node.get("Resources", {})
-        fits = [math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items()]
-        total += min(fits) if fits else 1_000_000
-    return total
+    return sum(node_capacities(resources, nodes if nodes is not None else ray.nodes()))
 
 
 def error_text(exc: BaseException) -> str:
@@ -77,39 +71,32 @@ class StateStore:
 class ClientPool:
     def __init__(self, exp: ExperimentConfig, model_paths: dict[str, str]) -> None:
         self.exp = exp
-        res = exp.clients.resources
         self.dedicated = exp.clients.mode == "dedicated"
-        capacity = worker_capacity(res)
-        if capacity < 1:
-            raise ConfigError(
-                f"clients.resources: no node can host a worker needing num_cpus={res.num_cpus}, "
-                f"num_gpus={res.num_gpus}, custom={res.custom}; lower them or add nodes"
-            )
-        if self.dedicated:
-            size = exp.clients.count
-            if capacity < size:
-                raise ConfigError(
-                    f"clients.mode=dedicated needs {size} worker actors of num_cpus={res.num_cpus}, "
-                    f"num_gpus={res.num_gpus}, custom={res.custom}, but the cluster fits {capacity}; "
-                    "lower clients.resources (fractions are fine) or use clients.mode=pooled"
-                )
-        else:
-            size = min(exp.clients.pool_size or capacity, exp.clients.count)
-        threads = res.torch_threads or max(1, int(res.num_cpus))
-        actor_cls: Any = ray.remote(ClientWorker).options(
-            num_cpus=res.num_cpus,
-            num_gpus=res.num_gpus,
-            resources=dict(res.custom) or None,
-            max_restarts=-1,  # a dead worker comes back; its tasks are resubmitted by the pool
-            max_task_retries=0,  # retries are the pool's, so a client update is never applied twice
-        )
+        self.groups: list[WorkerGroup] = plan_groups(exp, ray.nodes())
         exp_json = exp.model_dump_json()
-        self.names = [f"worker-{i}" for i in range(size)]
-        self.workers: list[Any] = [
-            actor_cls.remote(exp_json, model_paths, name, threads, res.num_gpus) for name in self.names
-        ]
+        self.names: list[str] = []
+        self.workers: list[Any] = []
+        self.worker_group: list[int] = []
+        for gi, g in enumerate(self.groups):
+            res = g.resources
+            actor_cls: Any = ray.remote(ClientWorker).options(
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus,
+                resources=dict(res.custom) or None,
+                max_restarts=-1,  # a dead worker comes back; its tasks are resubmitted by the pool
+                max_task_retries=0,  # retries are the pool's, so a client update is never applied twice
+            )
+            threads = res.torch_threads or max(1, int(res.num_cpus))
+            for i in range(g.size):
+                name = f"worker-{g.first_worker + i}" if len(self.groups) == 1 else f"{g.name}-{i}"
+                self.names.append(name)
+                self.workers.append(actor_cls.remote(exp_json, model_paths, name, threads, res.num_gpus))
+                self.worker_group.append(gi)
         self.states = StateStore()
-        self.inflight = [0] * size
+        self.inflight = [0] * len(self.workers)
+        self._late: dict[ray.ObjectRef, int] = {}  # cancelled/late task → worker, until it ends
+        self._probes: dict[ray.ObjectRef, int] = {}  # ready() call → worker that died, until it is back
+        self._down: set[int] = set()  # workers Ray is restarting: no task is sent to them meanwhile
 
     @property
     def size(self) -> int:
@@ -129,11 +116,50 @@ class ClientPool:
             )
         return ray.get(ready)
 
+    def _group_for(self, index: int) -> WorkerGroup:
+        return next((g for g in self.groups if g.holds(index)), self.groups[0])
+
     def _worker_for(self, client_id: str, index: int) -> int | None:
+        g = self._group_for(index)
         if self.dedicated:
-            return index % self.size
-        free = [i for i in range(self.size) if self.inflight[i] < self.exp.clients.max_inflight_per_worker]
+            w = g.first_worker + (index - g.start) % g.size
+            return None if w in self._down else w
+        limit = self.exp.clients.max_inflight_per_worker
+        free = [i for i in range(g.first_worker, g.first_worker + g.size)
+                if self.inflight[i] < limit and i not in self._down]
         return min(free, key=lambda i: self.inflight[i]) if free else None
+
+    def _worker_died(self, w: int) -> None:
+        """Hold tasks back from a crashed worker until Ray has restarted it (a retry sent at once would
+        fail again while it restarts and use up the client's retries)."""
+        if w not in self._down:
+            self._down.add(w)
+            probe = self.workers[w].ready.options(max_task_retries=-1).remote()  # retried until it is back
+            self._probes[probe] = w
+
+    def _probe_done(self, ref: ray.ObjectRef) -> None:
+        w = self._probes.pop(ref)
+        self._down.discard(w)  # back (or gone for good: then its tasks fail and use up their retries)
+        try:
+            ray.get(ref)
+        except (*_SYSTEM_ERRORS, RayTaskError):
+            pass
+
+    def _cut_at_deadline(
+        self, pending: dict[ray.ObjectRef, tuple[ClientTask, int, ray.ObjectRef]], queue: deque[ClientTask]
+    ) -> dict[str, str]:
+        """Cancel what is still pending or queued at the deadline; the late clients with their reason."""
+        text = (f"DeadlineExceeded: not finished within clients.round_deadline_s="
+                f"{self.exp.clients.round_deadline_s}s (result discarded)")
+        late = {}
+        for ref, (task, w, _st) in pending.items():
+            ray.cancel(ref)  # a queued actor task is dropped; a running one finishes and is ignored
+            self._late[ref] = w
+            late[task.client_id] = text
+        late.update({t.client_id: text for t in queue})
+        pending.clear()
+        queue.clear()
+        return late
 
     def run(
         self,
@@ -150,19 +176,41 @@ class ClientPool:
         failures: dict[str, str] = {}
         submissions = 0
         index = {t.client_id: self._client_index(t.client_id, order) for t in tasks}
+        limit = self.exp.clients.round_deadline_s
+        deadline = time.monotonic() + limit if limit is not None else None
+        late: dict[str, str] = {}
         while queue or pending:
-            while queue:
-                w = self._worker_for(queue[0].client_id, index[queue[0].client_id])
-                if w is None:
-                    break
+            blocked: set[int] = set()  # groups whose workers are all busy (pooled), in this pass
+            held: list[ClientTask] = []
+            while queue and (self.dedicated or len(blocked) < len(self.groups)):
                 task = queue.popleft()
+                i = index[task.client_id]
+                w = None if id(self._group_for(i)) in blocked else self._worker_for(task.client_id, i)
+                if w is None:
+                    held.append(task)
+                    if not self.dedicated:
+                        blocked.add(id(self._group_for(i)))
+                    continue
                 eg_ref, st_ref = self.workers[w].run_task.remote(strategy, task, self.states.get_ref(task.client_id))
                 pending[eg_ref] = (task, w, st_ref)
                 self.inflight[w] += 1
                 tries[task.client_id] += 1
                 submissions += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
+            queue.extendleft(reversed(held))
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # Late tasks of earlier rounds hold pipeline slots until they end, and restarting workers are
+            # probed: wait on those too.
+            done, _ = ray.wait([*pending, *self._late, *self._probes], num_returns=1, timeout=timeout)
+            if not done and deadline is not None:
+                late = self._cut_at_deadline(pending, queue)
+                break
             for ref in done:
+                if ref in self._late:  # a late task ended: its slot is free, its result is dropped
+                    self.inflight[self._late.pop(ref)] -= 1
+                    continue
+                if ref in self._probes:
+                    self._probe_done(ref)
+                    continue
                 task, w, st_ref = pending.pop(ref)
                 self.inflight[w] -= 1
                 cid = task.client_id
@@ -171,7 +219,7 @@ class ClientPool:
                 except (*_SYSTEM_ERRORS, RayTaskError) as exc:
                     text = error_text(exc)
                     if isinstance(exc, _SYSTEM_ERRORS):
-                        time.sleep(0.2)  # let Ray restart the actor before the retry lands on it
+                        self._worker_died(w)
                     if tries[cid] <= self.exp.clients.max_retries:
                         queue.append(task)
                     else:
@@ -184,8 +232,12 @@ class ClientPool:
                 self.states.refs[cid] = st_ref
                 if on_result:
                     on_result(egress)
+        for cid, text in late.items():
+            failures[cid] = text
+            if on_failure:
+                on_failure(cid, text)
         ordered = dict(sorted(results.items(), key=lambda kv: order[kv[0]]))
-        return RoundOutcome(results=ordered, failures=failures, attempts=submissions)
+        return RoundOutcome(results=ordered, failures=failures, attempts=submissions, late=list(late))
 
     def _client_index(self, client_id: str, order: dict[str, int]) -> int:
         digits = client_id.lstrip("c")

@@ -104,10 +104,16 @@ class ClientWorker:
             test=data.test,
             worker=self.name,
             strategy=strategy.name,
+            load=lambda spec: self._model(spec)[:2],
         )
         egress = self._strategy(strategy).client_step(ctx, task)
+        missing = [e for e in ctx.privacy_rows if e not in egress.privacy]
+        egress.privacy.extend(missing)  # every ledger entry of the task reaches privacy.jsonl, however built
         if ctx.trained:
             state.adapter = slm.adapter_state(ctx.model)
+        group = self.exp.clients.group_of(_client_index(task.client_id))
+        if group is not None and group.slowdown_s:
+            time.sleep(group.slowdown_s)  # a simulated slow device (clients.groups[].slowdown_s)
         egress.wall_s = time.perf_counter() - t0
         self.tasks_done += 1
         return egress, state

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from estuary.errors import ConfigError
+from estuary.platform.faults import FaultsConfig
+from estuary.serve.config import ServerConfig
 
 
 class _Section(BaseModel):
@@ -29,9 +31,10 @@ class ModelsConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype for training and evaluation (float32 is safest on CPU)."
     )
+    _group_models: dict[int, str] = PrivateAttr(default_factory=dict)  # from clients.groups[].model
 
     def for_client(self, index: int) -> str:
-        return self.per_client.get(index, self.client)
+        return self.per_client.get(index, self._group_models.get(index, self.client))
 
 
 class DataConfig(_Section):
@@ -56,11 +59,29 @@ class ResourcesConfig(_Section):
     num_cpus: float = Field(1.0, ge=0, description="CPUs per worker actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per worker actor.")
     custom: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per worker, e.g. {client_slot: 1}."
+        default_factory=dict, description="Custom Ray resources per worker, e.g. {estuary_client: 1}: only "
+        "nodes offering it (cluster.yaml's client GPU nodes) host client workers; the server LLM and the "
+        "trainer ask for estuary_server (server.resources, the trainer's resources_per_worker)."
     )
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads in each worker (default: its num_cpus, at least 1)."
     )
+
+
+class ClientGroupConfig(_Section):
+    name: str = Field(min_length=1, description="Group name (worker names and error messages).")
+    count: int = Field(ge=1, description="Clients in the group.")
+    model: str | None = Field(None, description="The group's client SLM (None = models.client; "
+                              "models.per_client still wins).")
+    resources: ResourcesConfig | None = Field(
+        None, description="Resources of each of the group's workers (None = clients.resources), e.g. "
+        "{num_gpus: 0.25, custom: {estuary_client: 1}}."
+    )
+    pool_size: int | None = Field(
+        None, ge=1, description="Pooled workers of the group (None = what its resources allow on the nodes "
+        "left after the earlier groups)."
+    )
+    slowdown_s: float = Field(0.0, ge=0, description="Simulated extra seconds per client task (slow devices).")
 
 
 class ClientsConfig(_Section):
@@ -82,6 +103,41 @@ class ClientsConfig(_Section):
     max_inflight_per_worker: int = Field(
         2, ge=1, description="Tasks queued at once on each pooled worker (pipelining)."
     )
+    groups: list[ClientGroupConfig] = Field(
+        default_factory=list, description="Heterogeneous client groups (model, resources, speed), taking "
+        "consecutive client indices in order; their counts must add up to clients.count. Empty = one group."
+    )
+    sample_fraction: float | None = Field(
+        None, gt=0, le=1, description="Share of the clients taking part in each round, sampled from the seed "
+        "and the round (at least one); None = all."
+    )
+    sample_count: int | None = Field(None, ge=1, description="Clients sampled per round (instead of a fraction).")
+    round_deadline_s: float | None = Field(
+        None, gt=0, description="Seconds a client phase of a round may take: tasks not finished by then are "
+        "cancelled, their late results discarded (never applied to client state) and recorded in "
+        "failures.jsonl (late: true); the round goes on if quorum holds. None = wait for every task."
+    )
+
+    @model_validator(mode="after")
+    def _groups_and_sampling(self) -> ClientsConfig:
+        if self.sample_fraction is not None and self.sample_count is not None:
+            raise ValueError("set sample_fraction or sample_count, not both")
+        total = sum(g.count for g in self.groups)
+        if self.groups and total != self.count:
+            raise ValueError(f"clients.groups hold {total} clients but clients.count is {self.count}")
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"clients.groups names must be unique (got {names})")
+        return self
+
+    def group_of(self, index: int) -> ClientGroupConfig | None:
+        """The group holding client `index` (None without groups)."""
+        start = 0
+        for g in self.groups:
+            if start <= index < start + g.count:
+                return g
+            start += g.count
+        return None
 
 
 class LoraConfig(_Section):
@@ -123,6 +179,63 @@ class OutputConfig(_Section):
     plots: bool = Field(True, description="Draw plots/*.png at the end of the run.")
 
 
+class PrivacyConfig(_Section):
+    target_epsilon: float | None = Field(
+        3.0,
+        description="ε each client may reach (noise calibrated to it, across the DP work planned); "
+        "null = ∞: DP disabled, recorded loudly in privacy.jsonl and summary.json.",
+    )
+    delta: float | None = Field(
+        None, description="δ of every client's guarantee; null = 1/n^1.1 of the client's data size n."
+    )
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="Fixed noise multiplier σ instead of calibrating to target_epsilon."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping norm C.")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant that reports ε.")
+    clipping: Literal["auto", "ghost", "ghost_bk", "hooks"] = Field(
+        "auto",
+        description="hooks: Opacus per-example gradients; ghost: Opacus ghost clipping (2 backward passes); "
+        "ghost_bk: ghost norms + book-keeping (1 pass, Linear layers); auto: ghost clipping where Opacus "
+        "supports every trainable layer (ghost_bk for LoRA on Linear layers, else ghost), hooks otherwise.",
+    )
+    secure_rng: bool = Field(
+        False, description="Cryptographic RNG for sampling and noise (torchcsprng if installed); not reproducible."
+    )
+    generator_model: str | None = Field(
+        None, description="Model the clients' DP generators are fine-tuned from (alias, HF id or folder; "
+        "null: each client's own SLM)."
+    )
+    budget_epsilon: float | None = Field(
+        None, description="Hard cap on a client's ε over the run (null = target_epsilon); DP work past it is refused."
+    )
+
+    @field_validator("target_epsilon", "budget_epsilon")
+    @classmethod
+    def _positive_epsilon(cls, v: float | None) -> float | None:
+        if v is None or v == float("inf"):
+            return None
+        if not v > 0:
+            raise ValueError("ε must be > 0 (ε ≤ 0 leaves no budget); use e.g. 3.0, or null for ε = ∞")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v < 1:
+            raise ValueError("δ must be in (0, 1), far below 1/n (e.g. 1e-5); null uses 1/n^1.1")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        """False when the job disabled privacy (ε = ∞: no target ε and no noise multiplier)."""
+        return self.target_epsilon is not None or self.noise_multiplier is not None
+
+    @property
+    def budget(self) -> float | None:
+        return self.budget_epsilon if self.budget_epsilon is not None else self.target_epsilon
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="Experiment name (prefix of the run id).")
     method: str = Field("standalone", description="Strategy to run (see `estuary methods`).")
@@ -145,6 +258,15 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    server: ServerConfig = Field(
+        default_factory=ServerConfig,
+        description="How the server LLM is served when a method needs it (Serve + vLLM); its model defaults "
+        "to models.server.",
+    )
+    faults: FaultsConfig = Field(
+        default_factory=FaultsConfig, description="Fault-injection drills (worker and driver kills); off by default."
+    )
 
     @field_validator("baselines")
     @classmethod
@@ -156,7 +278,31 @@ class ExperimentConfig(_Section):
         bad = [i for i in self.models.per_client if not 0 <= i < self.clients.count]
         if bad:
             raise ValueError(f"models.per_client has client index {bad[0]} outside 0..{self.clients.count - 1}")
+        start, group_models = 0, {}
+        for g in self.clients.groups:
+            if g.model is not None:
+                group_models.update(dict.fromkeys(range(start, start + g.count), g.model))
+            start += g.count
+        self.models._group_models = group_models
         return self
+
+    @model_validator(mode="after")
+    def _one_server_model(self) -> ExperimentConfig:
+        """models.server and server.model name one model: either may be given; both only if they agree."""
+        named_server = "model" in self.server.model_fields_set
+        named_models = "server" in self.models.model_fields_set
+        if named_server and named_models and self.server.model != self.models.server:
+            raise ValueError(f"models.server ({self.models.server!r}) and server.model ({self.server.model!r}) "
+                             "differ; give the server LLM once (models.server)")
+        if named_server and not named_models:
+            self.models.server = self.server.model
+        elif not named_server:
+            self.server.model = self.models.server
+        return self
+
+    def server_config(self) -> ServerConfig:
+        """The server section (its model is models.server)."""
+        return self.server
 
     def strategies(self) -> list[str]:
         """Strategies this run executes, in order: zero-shot first, the method last."""

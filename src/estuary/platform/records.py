@@ -5,8 +5,11 @@
       rounds.jsonl      one JSON object per strategy round
       clients.jsonl     one per client per round (loss, metrics, wall seconds, worker, attempts)
       failures.jsonl    clients that failed a round, with their error text
+      privacy.jsonl     every DP operation of every client (mechanism, σ, q, steps, ε after), refusals
       summary.json      final metrics per strategy (the method and its baselines)
       plots/*.png       metrics per round, spread across clients
+      knowledge/*.jsonl what clients sent and the server made of it (synthetic samples, filter verdicts,
+                        generated data, scores), one row per item, tagged with strategy and round
       checkpoints/      per strategy, after each round
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 
 from estuary.errors import EstuaryError
 
-JSONL_FILES = ("rounds.jsonl", "clients.jsonl", "failures.jsonl")
+JSONL_FILES = ("rounds.jsonl", "clients.jsonl", "failures.jsonl", "privacy.jsonl")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -73,6 +76,19 @@ class Recorder:
         if rows:
             self._append("failures.jsonl", rows)
 
+    def write_privacy(self, rows: list[dict[str, Any]]) -> None:
+        """Append privacy ledger entries (rows of `Egress.privacy_rows()`) to privacy.jsonl."""
+        if rows:
+            self._append("privacy.jsonl", rows)
+
+    def write_knowledge(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Append rows to knowledge/<name>.jsonl (each row should carry "strategy" and "round")."""
+        path = self.dir / "knowledge" / f"{name}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        if rows:
+            self._append(f"knowledge/{name}.jsonl", rows)
+        return path
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
 
@@ -83,14 +99,16 @@ class Recorder:
     def clients(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.dir / "clients.jsonl"))
 
+    def privacy(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.dir / "privacy.jsonl"))
+
     def summary(self) -> dict[str, Any]:
         path = self.dir / "summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
     def truncate_after(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """On resume: drop rows of rounds that were not checkpointed, so they are written once."""
-        for name in JSONL_FILES:
-            path = self.dir / name
+        for path in [self.dir / n for n in JSONL_FILES] + sorted((self.dir / "knowledge").glob("*.jsonl")):
             if path.exists():
                 rows = [r for r in read_jsonl(path) if keep(r)]
                 atomic_write(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))

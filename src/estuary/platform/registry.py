@@ -38,6 +38,7 @@ def _load_builtins() -> None:
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         importlib.import_module("estuary.strategies")
+        importlib.import_module("estuary.privacy.strategies")  # dp_standalone, dp_synthetic
 
 
 def available() -> list[str]:
@@ -76,6 +77,9 @@ def params_for(strategy_cls: type[Strategy], params: dict[str, Any], source: str
     except ValidationError as err:
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"])
+        if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            raise ConfigError(f"{source}: unknown key '{where}' in the parameters of '{name}' — see "
+                              "`estuary methods` for the known ones") from None
         raise ConfigError(
             f"{source}: parameter '{where}' of '{name}': {e['msg']} (got {e.get('input')!r})"
         ) from None
@@ -86,13 +90,20 @@ def validate_params(name: str, params: dict[str, Any], source: str = "config") -
 
 
 def describe(name: str) -> list[tuple[str, str, str]]:
-    """(field, default, help) of a method's parameters."""
-    cls = get(name).config_class
+    """(field, default, help) of a method's parameters; nested config dataclasses as `section.field`."""
+    return _describe_fields(get(name).config_class, "")
+
+
+def _describe_fields(cls: type, prefix: str) -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default: Any = f.default
         factory: Any = f.default_factory
         if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
             default = factory()
-        rows.append((f.name, repr(default), str(f.metadata.get("help", ""))))
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            rows.append((prefix + f.name, "…", str(f.metadata.get("help", ""))))
+            rows += _describe_fields(type(default), f"{prefix}{f.name}.")
+            continue
+        rows.append((prefix + f.name, repr(default), str(f.metadata.get("help", ""))))
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -10,18 +11,29 @@ from rich.table import Table
 
 from estuary.platform.records import Recorder
 
-# (column title, metric key in a strategy's final metrics)
+# (column title, metric key in a strategy's final metrics; "a|b": the first key a strategy has)
 CLASSIFICATION_COLUMNS = [
     ("SLM own-eval acc", "client/eval/accuracy/mean"),
     ("SLM test acc", "client/test/accuracy/mean"),
     ("SLM test F1", "client/test/macro_f1/mean"),
-    ("LLM test acc", "server/test/accuracy"),
+    ("LLM test acc", "server/llm/test/accuracy|server/test/accuracy"),
 ]
 GENERATION_COLUMNS = [
     ("SLM own-eval PPL", "client/eval/perplexity/mean"),
     ("SLM test PPL", "client/test/perplexity/mean"),
-    ("LLM test PPL", "server/test/perplexity"),
+    ("LLM test PPL", "server/llm/test/perplexity|server/test/perplexity"),
 ]
+
+
+def _pick(metrics: dict[str, Any], key: str) -> str | None:
+    return next((k for k in key.split("|") if k in metrics), None)
+
+
+def _epsilon(summary: dict[str, Any], name: str) -> float | None:
+    """The largest ε any client of `name` reached (None: no DP in that strategy; inf: privacy disabled)."""
+    per_client = summary.get("privacy", {}).get(name) or {}
+    eps = [float(c["epsilon"]) for c in per_client.values() if c.get("epsilon") is not None]
+    return max(eps) if eps else None
 
 
 def _columns(kind: str) -> list[tuple[str, str]]:
@@ -52,6 +64,7 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     cols = _columns(kind)
     for col, _ in cols:
         table.add_column(col, justify="right")
+    table.add_column("ε (max)", justify="right")
     table.add_column("wall s", justify="right")
     names: list[str] = []
     for s in summaries:
@@ -59,11 +72,14 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     for name in names:
         entries = [s["strategies"][name] for s in summaries if name in s.get("strategies", {})]
         cells = []
-        for _, key in cols:
-            vals = [e["metrics"][key] for e in entries if key in e.get("metrics", {})]
-            std_key = key.replace("/mean", "/std")
-            spread = [e["metrics"][std_key] for e in entries if std_key != key and std_key in e["metrics"]]
+        for _, spec in cols:
+            keys = [_pick(e.get("metrics", {}), spec) for e in entries]
+            vals = [e["metrics"][k] for e, k in zip(entries, keys, strict=True) if k]
+            spread = [e["metrics"][k.replace("/mean", "/std")] for e, k in zip(entries, keys, strict=True)
+                      if k and k.endswith("/mean") and k.replace("/mean", "/std") in e["metrics"]]
             cells.append(_fmt(vals, spread))
+        eps = [x for x in (_epsilon(s, name) for s in summaries) if x is not None]
+        cells.append(("∞" if any(math.isinf(x) for x in eps) else f"{max(eps):.2f}") if eps else "—")
         wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
         label = name + ("" if all(e.get("complete") for e in entries) else " (incomplete)")
         table.add_row(label, *cells, f"{wall:.0f}")

@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 
 from estuary.errors import RoundFailed
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.metrics import RunMetrics
+from estuary.platform.faults import FaultInjector
+from estuary.platform.metrics import MeteredLLM, RunMetrics
 from estuary.platform.plan import ClientTask
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder
 from estuary.platform.strategy import RoundOutcome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from estuary.actors.pool import ClientPool
     from estuary.data.task import Example, Task
     from estuary.platform.config import ExperimentConfig
     from estuary.platform.strategy import Strategy
+    from estuary.serve.client import ServerLLM
 
 
 @ray.remote(num_cpus=0)
@@ -38,16 +43,79 @@ def _evaluate_model(
     return slm.evaluate(model, tok, task, examples, batch_size=batch_size, max_length=max_length)
 
 
+def _serve_app_running(name: str) -> bool:
+    """Whether Serve runs an application `name` in the connected cluster (without starting Serve)."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    try:
+        from ray.serve.context import _get_global_client
+
+        _get_global_client()
+    except Exception:
+        return False
+    app = serve.status().applications.get(name)
+    return app is not None and app.status == ApplicationStatus.RUNNING
+
+
 @dataclass
 class ServerContext:
-    """The server LLM as the strategies see it. Here: evaluation of the pretrained model with the
-    transformers reference path; the Serve/vLLM deployment adds generation and scoring."""
+    """The server LLM as the strategies see it: `llm` (the Serve/vLLM deployment's handle, started on
+    first use, or an already running application of the same name reused), `record` (knowledge rows into
+    the run folder) and `evaluate` (the pretrained model on the test split, transformers reference path)."""
 
     exp: ExperimentConfig
     model_path: str | None
     task: Task
     test: tuple[Example, ...]
+    recorder: Recorder | None = None
+    log: Callable[[str], None] = print
+    on_generate: Callable[[int, float], None] | None = None  # (output tokens, seconds) of each generate call
     _cache: dict[str, dict[str, float]] = field(default_factory=dict)
+    _llm: ServerLLM | None = None
+    _started: bool = False
+
+    @property
+    def llm(self) -> ServerLLM:
+        """The server LLM deployment (`generate`, `topk_logprobs`, `publish`), started on first use."""
+        if self._llm is None:
+            from estuary.serve.client import ServerLLM
+            from estuary.serve.launcher import start_server
+
+            cfg = self.exp.server_config()
+            if _serve_app_running(cfg.app_name):
+                self._llm = ServerLLM(cfg.app_name)
+                self.log(f"[dim]server LLM: reusing the running Serve application {cfg.app_name!r}[/dim]")
+            else:
+                self.log(f"[dim]server LLM: starting {cfg.model} ({cfg.engine}) as Serve application "
+                         f"{cfg.app_name!r}[/dim]")
+                self._llm = start_server(cfg)
+                self._started = True
+            if self.on_generate is not None:  # generated tokens/s on the dashboard
+                self._llm = cast("ServerLLM", MeteredLLM(self._llm, self.on_generate))
+        return self._llm
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.recorder.dir if self.recorder is not None else None
+
+    @property
+    def run_id(self) -> str:
+        return self.recorder.dir.name if self.recorder is not None else "run"
+
+    def record(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Append rows to knowledge/<name>.jsonl in the run folder (what clients sent, what the server made)."""
+        if self.recorder is not None:
+            self.recorder.write_knowledge(name, rows)
+
+    def close(self) -> None:
+        """Stop the deployment if this run started it."""
+        if self._started:
+            from estuary.serve.launcher import stop_server
+
+            stop_server(self.exp.server_config().app_name)
+            self._started = False
+            self._llm = None
 
     def evaluate(self) -> dict[str, float]:
         if self.model_path is None:
@@ -86,6 +154,8 @@ class RunContext:
         self.server = server
         self.progress = progress
         self.metrics = RunMetrics(run_id)
+        server.on_generate = self.metrics.on_generate
+        self.faults = FaultInjector(exp.faults, recorder.dir, exp.method)
         self._last: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------ resume
@@ -113,17 +183,21 @@ class RunContext:
         def on_result(eg: Any) -> None:
             loss = eg.losses[-1] if eg.losses else None
             self.progress.client_done(loss)
-            self.metrics.on_client(name, eg.client_id, loss)
+            self.metrics.on_egress(name, eg)
+            if self.faults.after_result(self.pool.workers, self.pool.names):  # faults.kill_worker_*: a drill
+                self.progress.log(f"[yellow]fault drill: killed a worker ({self.faults.kills[-1]['worker']})[/yellow]")
 
         def on_failure(cid: str, text: str) -> None:
             self.progress.client_failed()
-            self.metrics.on_failure(name)
+            self.metrics.on_failure(name, late=text.startswith("DeadlineExceeded"))
 
         outcome = self.pool.run(type(strategy), tasks, on_result=on_result, on_failure=on_failure)
         self.recorder.write_clients([eg.record() for eg in outcome.results.values()])
         self.recorder.write_failures(
-            [{"strategy": name, "round": rnd, "client": c, "error": t} for c, t in outcome.failures.items()]
+            [{"strategy": name, "round": rnd, "client": c, "error": t, **({"late": True} if c in outcome.late else {})}
+             for c, t in outcome.failures.items()]
         )
+        self.record_privacy(name, rnd, outcome)
         needed = math.ceil(self.exp.clients.quorum * len(tasks) - 1e-9)
         if outcome.ok < needed:
             cid, text = next(iter(outcome.failures.items()), ("?", "unknown"))
@@ -134,6 +208,27 @@ class RunContext:
             )
         return outcome
 
+    def record_privacy(self, name: str, rnd: int, outcome: RoundOutcome) -> None:
+        """privacy.jsonl rows of the round's Egress records; a run without DP says so on the console."""
+        rows = [row for eg in outcome.results.values() for row in eg.privacy_rows()]
+        self.recorder.write_privacy(rows)
+        off = sorted({r["client"] for r in rows if r.get("op") == "non-private"})
+        if off:
+            self.progress.log(
+                f"[bold red]PRIVACY DISABLED (ε = ∞): {name} round {rnd} trained {len(off)} client(s) without DP "
+                "(privacy.target_epsilon is null); see privacy.jsonl[/bold red]"
+            )
+        refused = sorted({r["client"] for r in rows if r.get("op") == "refused"})
+        if refused:
+            self.progress.log(f"[yellow]{name} round {rnd}: {len(refused)} client(s) refused DP work "
+                              f"(privacy budget), e.g. {refused[0]}; see privacy.jsonl[/yellow]")
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """client → ε, δ, steps ... from the ledgers in the pool's current client states ({} if no DP ran)."""
+        from estuary.privacy.ledger import summarize_states
+
+        return summarize_states(self.pool.states.snapshot()) if self.pool.states.refs else {}
+
     def end_round(
         self, strategy: Strategy, rnd: int, metrics: dict[str, float], outcome: RoundOutcome, wall_s: float
     ) -> None:
@@ -143,6 +238,7 @@ class RunContext:
             "round": rnd,
             "clients_ok": outcome.ok,
             "clients_failed": len(outcome.failures),
+            "clients_late": len(outcome.late),
             "task_attempts": outcome.attempts,
             "wall_s": round(wall_s, 3),
             "examples": examples,
@@ -150,6 +246,7 @@ class RunContext:
         }
         self.recorder.write_round(row)
         self.metrics.on_round(strategy.name, rnd, metrics, examples / wall_s if wall_s > 0 else 0.0)
+        self.faults.maybe_kill_driver(strategy.name, rnd)  # faults.kill_driver_in_round: before the checkpoint
         self.checkpointer.save(
             strategy.name, rnd, self.pool.states.snapshot(), strategy.state_dict(), metrics
         )

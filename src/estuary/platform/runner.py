@@ -27,10 +27,13 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
 
 
 def resolve_models(cfg: ExperimentConfig) -> tuple[dict[str, str], str | None]:
-    """Resolve (and convert once, if needed) every client model and the server model, in the driver."""
+    """Resolve (and convert once, if needed) every client model, the DP generator model if one is set,
+    and the server model, in the driver."""
     from estuary.models import resolve_model
 
-    specs = {cfg.models.client, *cfg.models.per_client.values()}
+    specs = {cfg.models.client, *(cfg.models.for_client(i) for i in range(cfg.clients.count))}  # groups too
+    if cfg.privacy.generator_model:
+        specs.add(cfg.privacy.generator_model)
     paths = {spec: resolve_model(spec) for spec in sorted(specs)}
     server = resolve_model(cfg.models.server) if cfg.evaluation.server else None
     return paths, server
@@ -49,6 +52,7 @@ def run_experiment(
     from estuary.data.federated import build_federated_data
     from estuary.platform.report import draw_plots, results_table
     from estuary.platform.run_context import RunContext, ServerContext
+    from estuary.privacy.preflight import check_run_models
 
     console = console or Console(stderr=True)
     run_dir = run_dir or new_run_dir(cfg)
@@ -58,6 +62,7 @@ def run_experiment(
     # Fail fast, before any actor starts: data and models are checked in the driver.
     data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
     model_paths, server_path = resolve_models(cfg)
+    check_run_models(cfg, model_paths)  # a model Opacus cannot DP-train: one line now, not after retries
 
     summary: dict[str, Any] = recorder.summary() if resume else {}
     summary.update(
@@ -76,17 +81,22 @@ def run_experiment(
         }
     )
     summary.setdefault("strategies", {})
+    summary["privacy_config"] = {**cfg.privacy.model_dump(mode="json"), "enabled": cfg.privacy.enabled}
+    if not cfg.privacy.enabled:
+        summary["privacy_warning"] = "PRIVACY DISABLED (ε = ∞): DP work of this run trains without noise"
     recorder.write_summary(summary)
 
     started = ensure_ray(cfg.ray, address)
     pool = None
+    server: ServerContext | None = None
     try:
         t0 = time.perf_counter()
         pool = ClientPool(cfg, model_paths)
         pool.wait_ready()
         summary["pool"] = {"workers": pool.size, "startup_s": round(time.perf_counter() - t0, 2)}
-        server = ServerContext(cfg, server_path, data.task, data.test)
+        server = ServerContext(cfg, server_path, data.task, data.test, recorder=recorder)
         with RunProgress(console, enabled=show_progress) as progress:
+            server.log = progress.log
             ctx = RunContext(cfg, run_dir.name, recorder, pool, server, progress)
             if resume:
                 done = {n for n, s in summary["strategies"].items() if s.get("complete")}
@@ -107,6 +117,11 @@ def run_experiment(
                     "wall_s": round(prev + time.perf_counter() - s0, 2),
                     "metrics": final,
                 }
+                privacy = ctx.privacy_summary()
+                if privacy:  # ε and δ per client, from the ledgers in the client states
+                    summary.setdefault("privacy", {})[name] = privacy
+                    if any(p["non_private"] for p in privacy.values()):
+                        summary["privacy_warning"] = f"PRIVACY DISABLED (ε = ∞) for clients of {name}"
                 recorder.write_summary(summary)
         summary["status"] = "complete"
     except BaseException as exc:
@@ -115,6 +130,8 @@ def run_experiment(
         raise
     finally:
         recorder.write_summary(summary)
+        if server is not None:
+            server.close()
         if pool is not None:
             pool.shutdown()
         if started:

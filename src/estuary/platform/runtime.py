@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -28,7 +29,12 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
         return False
     addr = address or cfg.address or os.environ.get("ESTUARY_RAY_ADDRESS")
     # Workers import estuary from this process's environment; keep their logs quiet.
-    env = {"env_vars": worker_env()}
+    env: dict[str, Any] | None = {"env_vars": worker_env()}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A Ray Job's driver (`estuary submit`): the job's runtime_env (which carries worker_env) applies, and
+        # Ray refuses a second one naming the same variables; the cluster is the job's own.
+        env = None
+        addr = addr or os.environ.get("RAY_ADDRESS") or "auto"
     # The local cluster's token authentication stays on; its notice is not news to a run's user.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:

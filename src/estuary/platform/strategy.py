@@ -4,11 +4,14 @@ A method is one file: a config dataclass (`config_class`) and a Strategy subclas
 It never talks to Ray: the pool, the server LLM and the run's records are what it is given.
 
     for round r:
+        pre     = prepare_round(r, llm)         # optional server work before the clients (e.g. generate)
         clients = select_clients(r)             # which clients take part
         tasks   = configure_round(r, clients)   # what each one does
         results = <pool runs client_step on workers; quorum checked>
         agg     = aggregate(r, results)         # driver side, pure where possible
         server  = server_step(r, agg, llm)      # generate / score / fine-tune the LLM
+        later   = configure_followup(r, ...)    # optional second client phase (e.g. train on what the
+        results = results.then(<pool runs it>)  #   server made in this round)
         metrics = evaluate(r, results, server)  # round metrics (clients and LLM)
         <records written, checkpoint saved>
 """
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from estuary.actors.egress import Egress
 from estuary.platform.plan import ClientTask
+from estuary.platform.sampling import sample_clients
 
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
@@ -41,10 +45,20 @@ class RoundOutcome:
     results: dict[str, Egress]
     failures: dict[str, str]  # client id → last error text
     attempts: int = 0  # task submissions, retries included
+    late: list[str] = dataclasses.field(default_factory=list)  # cut by clients.round_deadline_s (in failures)
 
     @property
     def ok(self) -> int:
         return len(self.results)
+
+    def then(self, later: RoundOutcome) -> RoundOutcome:
+        """This phase followed by a later one in the same round: the later Egress records, carrying the
+        earlier phase's metrics they do not overwrite; failures and attempts of both."""
+        results = {cid: dataclasses.replace(eg, metrics={**self.results[cid].metrics, **eg.metrics})
+                   if cid in self.results else eg for cid, eg in later.results.items()}
+        failures = {**self.failures, **later.failures}
+        return RoundOutcome(results, {c: t for c, t in failures.items() if c not in results},
+                            self.attempts + later.attempts, [*self.late, *later.late])
 
 
 def client_ids(count: int) -> list[str]:
@@ -86,10 +100,16 @@ class Strategy(ABC):
         return client_ids(self.exp.clients.count)
 
     def select_clients(self, rnd: int, clients: list[str]) -> list[str]:
-        return clients
+        """This round's clients: all, or a seeded sample (clients.sample_fraction / sample_count)."""
+        c = self.exp.clients
+        return sample_clients(clients, rnd, seed=self.exp.seed, fraction=c.sample_fraction, count=c.sample_count)
 
     def should_evaluate(self, rnd: int) -> bool:
         return rnd == self.num_rounds() or rnd % self.exp.evaluation.every == 0
+
+    def prepare_round(self, rnd: int, server: ServerContext) -> dict[str, float]:
+        """Server work before this round's clients run (e.g. the LLM generates data); returns metrics."""
+        return {}
 
     def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
         ev = self.should_evaluate(rnd)
@@ -100,6 +120,10 @@ class Strategy(ABC):
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
         return {}
+
+    def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
+        """Client tasks of a second phase in this round, after the server step (default: none)."""
+        return []
 
     def evaluate(self, rnd: int, outcome: RoundOutcome, server_metrics: dict[str, float]) -> dict[str, float]:
         metrics = {f"client/{k}": v for k, v in summarize_metrics(outcome.results).items()}
@@ -126,10 +150,14 @@ class Strategy(ABC):
         final: dict[str, float] = ctx.last_metrics(self)
         for rnd in range(start, self.num_rounds() + 1):
             t0 = time.perf_counter()
+            server_metrics = self.prepare_round(rnd, ctx.server)
             tasks = self.configure_round(rnd, self.select_clients(rnd, self.client_ids()))
             outcome = ctx.run_tasks(self, rnd, tasks)
             agg = self.aggregate(rnd, outcome)
-            server_metrics = self.server_step(rnd, agg, ctx.server)
+            server_metrics = {**server_metrics, **self.server_step(rnd, agg, ctx.server)}
+            followup = self.configure_followup(rnd, outcome)
+            if followup:
+                outcome = outcome.then(ctx.run_tasks(self, rnd, followup))
             final = self.evaluate(rnd, outcome, server_metrics)
             ctx.end_round(self, rnd, final, outcome, time.perf_counter() - t0)
         return final

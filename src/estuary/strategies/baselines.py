@@ -27,6 +27,9 @@ class ZeroShot(Strategy):
     def num_rounds(self) -> int:
         return 1
 
+    def select_clients(self, rnd: int, clients: list[str]) -> list[str]:
+        return clients  # the reference point: every client is evaluated, never a sample
+
     def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
         # Clients sharing a base model have identical pretrained weights: score the global test
         # split once per distinct model, and every client on its own eval split.

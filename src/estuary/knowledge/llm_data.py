@@ -1,0 +1,101 @@
+"""Task data from the server LLM: judging clusters, few-shot augmentation (FDKT), label-conditioned
+generation (CrossLM). Every call goes through the serving deployment's handle, many prompts at once, so
+vLLM's continuous batching (and its prefix cache, for augmentation) does the batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ConfigDict
+
+from estuary.data.task import Example, Task
+from estuary.knowledge.filtering import Judge
+from estuary.knowledge.prompts import (
+    augmentation_prompts,
+    generation_prompt,
+    judge_messages,
+    parse_sample,
+    parse_verdict,
+)
+
+if TYPE_CHECKING:
+    from estuary.serve.client import ServerLLM as LLM
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How many texts the server LLM writes, and how it samples them."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # unknown keys in a job are errors
+
+    prompts_per_label: int = field(default=8, metadata={"help": "Prompts per label per round."})
+    samples_per_prompt: int = field(default=4, metadata={"help": "Samples drawn per prompt (OpenAI `n`)."})
+    shots: int = field(default=4, metadata={"help": "Few-shot demonstrations per augmentation prompt."})
+    max_tokens: int = field(default=48, metadata={"help": "New tokens per sample (a sample ends at a newline)."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+
+
+def _params(cfg: GenerateConfig, seed: int) -> Any:
+    from estuary.serve.types import GenerationParams
+
+    return GenerationParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            n=cfg.samples_per_prompt, seed=seed, stop=("\n",))
+
+
+def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None) -> Judge:
+    """A `filtering.Judge` backed by the server LLM (greedy, a few tokens, all clusters in one call)."""
+    from estuary.serve.types import GenerationParams
+
+    params = GenerationParams(max_tokens=4, temperature=0.0, n=1, seed=0)
+
+    def judge(clusters: Sequence[tuple[int, list[str]]]) -> list[tuple[bool | None, str]]:
+        if not clusters:
+            return []
+        prompts = [judge_messages(task, label, texts) for label, texts in clusters]
+        answers = [c.text for c in llm.generate(prompts, params, adapter=adapter)]
+        return [(parse_verdict(a), a.strip()) for a in answers]
+
+    return judge
+
+
+def _collect(completions: Sequence[Any], labels: Sequence[int], prefix: str) -> tuple[list[Example], int]:
+    out: list[Example] = []
+    malformed = 0
+    for completion, label in zip(completions, labels, strict=True):
+        for sample in completion.samples:
+            text = parse_sample(sample.text)
+            if text:
+                out.append(Example(text=text, label=label, uid=f"{prefix}/{len(out)}"))
+            else:
+                malformed += 1
+    return out, malformed
+
+
+def augment(llm: LLM, task: Task, demos: Sequence[Example], cfg: GenerateConfig, *, seed: int,
+            adapter: str | None = None, progress: bool | None = None) -> tuple[list[Example], dict[str, int]]:
+    """FDKT augmentation: for each label with demonstrations, few-shot prompts → new labelled samples."""
+    prompts: list[str] = []
+    labels: list[int] = []
+    for label in range(task.num_labels):
+        batch = augmentation_prompts(task, demos, label, cfg.prompts_per_label, cfg.shots, seed)
+        prompts += batch
+        labels += [label] * len(batch)
+    if not prompts:
+        return [], {"prompts": 0, "generated": 0, "malformed": 0}
+    completions = llm.generate(prompts, _params(cfg, seed), adapter=adapter, progress=progress)
+    out, malformed = _collect(completions, labels, f"augmented/r{seed}")
+    return out, {"prompts": len(prompts), "generated": len(out) + malformed, "malformed": malformed}
+
+
+def generate_labelled(llm: LLM, task: Task, cfg: GenerateConfig, *, seed: int, adapter: str | None = None,
+                      progress: bool | None = None) -> tuple[list[Example], dict[str, int]]:
+    """CrossLM generation: zero-shot label-conditioned prompts → labelled samples (the label is the intent)."""
+    labels = [label for label in range(task.num_labels) for _ in range(cfg.prompts_per_label)]
+    prompts = [generation_prompt(task, label) for label in labels]
+    completions = llm.generate(prompts, _params(cfg, seed), adapter=adapter, progress=progress)
+    out, malformed = _collect(completions, labels, f"generated/r{seed}")
+    return out, {"prompts": len(prompts), "generated": len(out) + malformed, "malformed": malformed}

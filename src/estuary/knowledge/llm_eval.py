@@ -1,0 +1,56 @@
+"""The served LLM evaluated through its own deployment, any adapter version: classification by verbalizer
+log-likelihood (the same rule as the SLMs' evaluation) and perplexity on a general text set.
+
+Both read the per-token log-probabilities of the `topk_logprobs` payload (k = 1), so a version published
+a moment ago is evaluated exactly as it serves, without loading the model a second time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from estuary.data.task import Example, Task
+
+
+def _text_logprob(item: Any, start: int) -> float:
+    return float(sum(lp for lp in item.token_logprobs[start:] if lp is not None))
+
+
+def llm_classify(llm: Any, task: Task, examples: Sequence[Example], *, adapter: str | None = None,
+                 batch: int = 64) -> dict[str, float]:
+    """accuracy and macro_f1 of the served LLM (label with the highest log-likelihood after the prompt)."""
+    from sklearn.metrics import f1_score
+
+    if task.kind != "classification":
+        raise ValueError(f"task {task.name!r} is not a classification task")
+    preds: list[int] = []
+    gold = [int(ex.label) for ex in examples if ex.label is not None]
+    labelled = [ex for ex in examples if ex.label is not None]
+    per = 1 + task.num_labels
+    for start in range(0, len(labelled), batch):
+        chunk = labelled[start:start + batch]
+        texts: list[str] = []
+        for ex in chunk:
+            prompt = task.prompt(ex)
+            texts += [prompt] + [prompt + word for word in task.label_words]
+        items = llm.topk_logprobs(texts, k=1, adapter=adapter).texts
+        for i in range(len(chunk)):
+            n_prompt = len(items[i * per].token_ids)
+            scores = [_text_logprob(items[i * per + 1 + j], n_prompt) for j in range(task.num_labels)]
+            preds.append(max(range(task.num_labels), key=scores.__getitem__))
+    correct = sum(p == g for p, g in zip(preds, gold, strict=True))
+    return {"accuracy": correct / max(1, len(gold)),
+            "macro_f1": float(f1_score(gold, preds, average="macro")) if gold else 0.0, "n": float(len(gold))}
+
+
+def llm_perplexity(llm: Any, texts: Sequence[str], *, adapter: str | None = None, batch: int = 64) -> dict[str, float]:
+    """Token-level perplexity of the served LLM on `texts` (the first token of each text has no context)."""
+    total, count = 0.0, 0
+    for start in range(0, len(texts), batch):
+        for item in llm.topk_logprobs(list(texts[start:start + batch]), k=1, adapter=adapter).texts:
+            lps = [lp for lp in item.token_logprobs[1:] if lp is not None]
+            total -= sum(lps)
+            count += len(lps)
+    return {"perplexity": math.exp(total / count) if count else float("nan"), "tokens": float(count)}

@@ -1,0 +1,199 @@
+"""CrossLM (Deng et al. 2023, arXiv 2312.05842): client SLMs steer the server LLM's data generation.
+
+Per round:
+
+- prepare (server): the LLM (its latest CrossLM adapter) writes labelled task data from label-conditioned
+  prompts; invalid and duplicate samples are dropped.
+- phase 1 `train_score` (clients): each client fine-tunes its SLM (LoRA) on its private data, then scores
+  every generated sample: the probability of the intended label, and whether its prediction agrees.
+- server: scores are aggregated across clients (mean probability and agreement fraction); the samples
+  passing both thresholds are selected. The LLM is fine-tuned on them (Ray Train + DeepSpeed, LoRA) and the
+  adapter is published as the next live version, which the next round generates with. The LLM is evaluated
+  on the task (through the deployment, that version) and on a general text set (perplexity).
+- phase 2 `train` (clients): each client trains on private + selected data and is evaluated.
+
+The generated samples and every client's scores are in knowledge/generated.jsonl (model-generated data and
+model outputs; nothing private).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from estuary.actors.context import derive_seed
+from estuary.actors.egress import Egress
+from estuary.data.task import Example
+from estuary.platform.plan import ClientTask
+from estuary.platform.registry import register
+from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.strategies.crosslm_config import CrossLMConfig
+from estuary.strategies.fdkt import example_row
+from estuary.strategies.transfer import train_on_transfer
+
+if TYPE_CHECKING:
+    from estuary.actors.context import ClientContext
+    from estuary.platform.run_context import ServerContext
+
+
+@register
+class CrossLM(Strategy):
+    name = "crosslm"
+    config_class: ClassVar[type] = CrossLMConfig
+    description = "The LLM generates task data; client SLMs score it; both train on the well-scored part."
+
+    def __init__(self, exp: Any, params: Any | None = None) -> None:
+        super().__init__(exp, params)
+        self.version: str | None = None  # the live CrossLM adapter of the server LLM (None: base model)
+        self._generated: list[Example] = []
+        self._selected: list[Example] = []
+        self._pool: list[list[Any]] = []  # [text, label] of every sample selected so far (the LLM's data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "pool": self._pool}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.version = state.get("version")
+        self._pool = list(state.get("pool", []))
+
+    # ------------------------------------------------------------------ server: generate
+    def prepare_round(self, rnd: int, server: ServerContext) -> dict[str, float]:
+        from estuary.knowledge import filter_examples, generate_labelled
+
+        p: CrossLMConfig = self.params
+        metrics: dict[str, float] = {}
+        if rnd == 1:
+            metrics.update({f"llm_start/{k}": v for k, v in self._evaluate_llm(server, None).items()})
+        seed = derive_seed(self.exp.seed, self.name, "generate", rnd)
+        raw, stats = generate_labelled(server.llm, server.task, p.generate, seed=seed, adapter=self.version)
+        cleaned = filter_examples(raw, server.task, p.filter, embed=self._embed(), seed=seed)
+        self._generated = [Example(text=ex.text, label=ex.label, uid=f"crosslm/r{rnd}/{i}")
+                           for i, ex in enumerate(cleaned.kept)]
+        metrics.update({f"generate/{k}": float(v) for k, v in stats.items()})
+        metrics.update({f"generate/filter/{k}": float(v) for k, v in cleaned.stats.items()})
+        metrics["generate/adapter_version"] = float(_version_number(self.version))
+        return metrics
+
+    def _embed(self) -> Any:
+        if not hasattr(self, "_embedder"):
+            from estuary.knowledge.embedding import TextEmbedder
+
+            self._embedder = TextEmbedder("minilm-l6")
+        return self._embedder.embed
+
+    # ------------------------------------------------------------------ clients
+    def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
+        return [ClientTask(cid, rnd, kind="train_score", evaluate=False, params={"generated": self._generated})
+                for cid in clients]
+
+    def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        p: CrossLMConfig = self.params
+        if task.kind == "train_score":
+            result = ctx.train_steps(task.round, steps=p.local_steps)
+            scores, agree = _score(ctx, task.params["generated"])
+            metrics = {"train/loss": statistics.fmean(result.losses)} if result.losses else {}
+            if scores:
+                metrics.update({"score/mean": statistics.fmean(scores), "score/agree": statistics.fmean(agree)})
+            return ctx.egress(task, metrics=metrics, losses=result.losses, examples=result.examples_seen,
+                              payload={"scores": scores, "agree": agree})
+        return train_on_transfer(ctx, task, p.transfer_steps)
+
+    # ------------------------------------------------------------------ server: select, train, publish
+    def aggregate(self, rnd: int, outcome: RoundOutcome) -> dict[str, Any]:
+        p: CrossLMConfig = self.params
+        clients = sorted(outcome.results)
+        rows, selected = [], []
+        for i, ex in enumerate(self._generated):
+            scores = [outcome.results[c].payload["scores"][i] for c in clients]
+            agree = [outcome.results[c].payload["agree"][i] for c in clients]
+            mean, frac = statistics.fmean(scores), statistics.fmean(agree)
+            keep = mean >= p.min_score and frac >= p.consensus
+            rows.append(example_row(ex, strategy=self.name, round=rnd, score=round(mean, 4), agree=round(frac, 4),
+                                    selected=keep, scores=dict(zip(clients, scores, strict=True))))
+            if keep:
+                selected.append(ex)
+        return {"rows": rows, "selected": selected}
+
+    def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
+        p: CrossLMConfig = self.params
+        server.record("generated", agg["rows"])
+        self._selected = agg["selected"]
+        metrics = {"select/generated": float(len(agg["rows"])), "select/kept": float(len(self._selected))}
+        if p.train_llm and self._selected:
+            self._pool += [[ex.text, ex.label] for ex in self._selected]
+            version, train_metrics = self._train_llm(rnd, server)
+            self.version = version
+            metrics.update({f"llm_train/{k}": v for k, v in train_metrics.items()})
+        metrics["llm/adapter_version"] = float(_version_number(self.version))
+        metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
+        return metrics
+
+    def _train_llm(self, rnd: int, server: ServerContext) -> tuple[str, dict[str, float]]:
+        """Fine-tune a fresh LoRA adapter of the served LLM on every sample selected so far (prompt →
+        sample, loss on the sample), with Ray Train + DeepSpeed; publish it as the next version."""
+        from estuary.knowledge.prompts import generation_prompt
+        from estuary.train import train_and_publish
+
+        p: CrossLMConfig = self.params
+        records = [{"prompt": generation_prompt(server.task, int(label)), "completion": f" {text}\n"}
+                   for text, label in self._pool]
+        config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
+        outcome, version = train_and_publish(
+            records, config, server.llm, adapter_name=p.adapter_name,
+            name=f"{self.name}-r{rnd}-{time.strftime('%H%M%S')}",
+            storage_path=server.run_dir / "llm_train" if server.run_dir else None)
+        losses = outcome.losses
+        server.log(f"[dim]crosslm round {rnd}: LLM trained on {len(records)} samples, loss {losses[0]:.3f} → "
+                   f"{losses[-1]:.3f}; published {version.id}[/dim]")
+        return version.id, {"examples": float(len(records)), "loss_first": losses[0], "loss_last": losses[-1],
+                            "fit_s": outcome.fit_seconds, "startup_s": outcome.startup_seconds,
+                            "tokens_per_s": outcome.tokens_per_second}
+
+    def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
+        from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
+
+        p: CrossLMConfig = self.params
+        out: dict[str, float] = {}
+        if p.llm_eval_size:
+            res = llm_classify(server.llm, server.task, list(server.test)[: p.llm_eval_size], adapter=version)
+            out.update({f"test/{k}": v for k, v in res.items() if k != "n"})
+        if p.general_size:
+            out.update({f"general/{k}": v for k, v in
+                        llm_perplexity(server.llm, _general_texts(p.general_task, p.general_size, self.exp.seed,
+                                                      self.exp.data.root),
+                                       adapter=version).items()})
+        return out
+
+    def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
+        ev = self.should_evaluate(rnd)
+        return [ClientTask(cid, rnd, kind="train", evaluate=ev, params={"transfer": self._selected})
+                for cid in sorted(outcome.results)]
+
+
+def _score(ctx: ClientContext, generated: list[Example]) -> tuple[list[float], list[int]]:
+    """Each sample's probability of its intended label under the client's SLM, and argmax agreement."""
+    if not generated:
+        return [], []
+    from estuary.actors.evaluation import predict_label_probs
+
+    probs = predict_label_probs(ctx.model, ctx.tokenizer, ctx.task, generated,
+                                batch_size=ctx.exp.evaluation.batch_size, max_length=ctx.exp.training.max_length)
+    labels = [int(ex.label or 0) for ex in generated]
+    scores = [round(float(probs[i, y]), 6) for i, y in enumerate(labels)]
+    agree = [int(int(probs[i].argmax()) == y) for i, y in enumerate(labels)]
+    return scores, agree
+
+
+def _general_texts(task_name: str, size: int, seed: int, root: Any) -> list[str]:
+    """Held-out general texts: a task's test split (its targets where it has them, e.g. E2E references)."""
+    from pathlib import Path
+
+    from estuary.data.datasets import load_splits
+
+    test = load_splits(task_name, root=Path(root) if root else None, seed=seed).test
+    return [(ex.target or ex.text) for ex in test[:size]]
+
+
+def _version_number(version: str | None) -> int:
+    return int(version.rsplit("@v", 1)[1]) if version and "@v" in version else 0

@@ -1,0 +1,48 @@
+"""Parameters of CrossLM (Deng et al. 2023, arXiv 2312.05842): SLMs score LLM-generated data, the LLM
+learns from the well-scored part, both train on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ConfigDict
+
+from estuary.knowledge.filtering import FilterConfig
+from estuary.knowledge.llm_data import GenerateConfig
+
+
+def _clean_only() -> FilterConfig:
+    return FilterConfig(judge=False)
+
+
+@dataclass
+class CrossLMConfig:
+    __pydantic_config__ = ConfigDict(extra="forbid")  # unknown keys are errors
+
+    generate: GenerateConfig = field(
+        default_factory=lambda: GenerateConfig(prompts_per_label=16, samples_per_prompt=4),
+        metadata={"help": "LLM data generation per round: label-conditioned prompts, samples each."})
+    filter: FilterConfig = field(
+        default_factory=_clean_only,
+        metadata={"help": "Cleaning of the generated samples before scoring (validity, duplicates; no judge)."})
+    min_score: float = field(
+        default=0.5, metadata={"help": "Keep a sample when the clients' mean probability of its label is >= this."})
+    consensus: float = field(
+        default=0.5, metadata={"help": "... and at least this fraction of clients predicts its label (argmax)."})
+    local_steps: int | None = field(
+        default=None, metadata={"help": "Phase-1 steps on private data; None = training.steps."})
+    transfer_steps: int | None = field(
+        default=None, metadata={"help": "Phase-2 steps on private + selected data; None = training.steps."})
+    train_llm: bool = field(
+        default=True, metadata={"help": "Fine-tune the server LLM (Ray Train + DeepSpeed) on the selected data."})
+    llm_train: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Server training settings (estuary.train TrainConfig fields: steps, lr, zero, ...)."})
+    adapter_name: str = field(default="crosslm", metadata={"help": "Name of the published server adapter."})
+    llm_eval_size: int = field(
+        default=100, metadata={"help": "Test examples the served LLM is evaluated on each round (0: off)."})
+    general_task: str = field(
+        default="e2e", metadata={"help": "Held-out general text set whose perplexity tracks the LLM's general "
+                                 "ability (a task name: its test split's texts)."})
+    general_size: int = field(default=64, metadata={"help": "General-set texts (0: off)."})

@@ -1,0 +1,249 @@
+"""FedMKT (Fan et al., COLING 2025, arXiv 2406.02224): mutual knowledge transfer between the server LLM and
+client SLMs with different tokenizers, over a public data set, every model carrying LoRA adapters.
+
+Public data: a label-stratified sample of the task's official validation split (no client partition draws
+from it), each example as its full text, prompt + label word. Per round:
+
+- phase 1 `train_topk` (clients): each client fine-tunes its SLM adapter on its private data, then sends
+  its top-k next-token distributions on the public texts in its own tokenisation (token ids, token strings,
+  per-token log-probabilities; a `TopKLogprobs` payload). The payload is checked on arrival: a client whose
+  knowledge is malformed (NaN/inf, empty rows, wrong lengths, ids outside its vocabulary) is named in the
+  log, counted (`server/knowledge/rejected`) and left out; the round goes on.
+- server: the LLM's top-k on the same texts comes from the deployment (current adapter version). Each
+  client's knowledge is aligned to the LLM (DTW over token texts, MinED vocabulary mapping cached per
+  tokenizer pair) and the LLM's to each client. Per sample the LLM's target is the best teacher (reward
+  exp(-CE) on the LLM's tokens of the text, "greater") among itself and the aligned clients; its adapter is
+  distilled on them ((1-λ)·LM + λ·KD, Ray Train + DeepSpeed) and published. Each client's target is the
+  better of itself and the aligned LLM, on its own tokens.
+- phase 2 `distill` (clients): each client trains on the public texts towards its targets, then is evaluated.
+
+Round metrics report the alignment per tokenizer pair (`server/align/<client model>/...`: vocabulary exact
+share both ways, sequence coverage both ways) and the selections. knowledge/fedmkt.jsonl records what
+crossed the wire, compactly: per client per round the texts, positions and k it sent, whether it was
+accepted (and why not), the coverage and the selection counts; plus one row for the LLM.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from estuary.actors.egress import Egress
+from estuary.data.task import Example
+from estuary.platform.plan import ClientTask
+from estuary.platform.registry import register
+from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.strategies.crosslm import _version_number
+from estuary.strategies.fedmkt_config import FedMKTConfig
+from estuary.strategies.fedmkt_knowledge import (
+    LLM,
+    Exchange,
+    KnowledgeRejected,
+    TokenizerBank,
+    check_client_knowledge,
+    mutual_exchange,
+)
+
+if TYPE_CHECKING:
+    from estuary.actors.context import ClientContext
+    from estuary.platform.run_context import ServerContext
+    from estuary.serve.types import TopKLogprobs
+
+
+def model_label(spec: str) -> str:
+    """A metric-safe short name of a model spec (an alias, or a folder's name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec.rstrip("/")).name or spec)
+
+
+@register
+class FedMKT(Strategy):
+    name = "fedmkt"
+    config_class: ClassVar[type] = FedMKTConfig
+    description = "Mutual top-k distillation LLM ↔ SLMs on public data, aligned across tokenizers."
+
+    def __init__(self, exp: Any, params: Any | None = None) -> None:
+        super().__init__(exp, params)
+        self.version: str | None = None  # the live FedMKT adapter of the server LLM (None: base model)
+        self._public: list[Example] | None = None
+        self._targets: dict[str, list[Any]] = {}  # this round's phase-2 targets per client
+        self._bank = TokenizerBank()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.version = state.get("version")
+
+    def public(self) -> list[Example]:
+        """The public data set: `public_size` examples of the task's validation split, label-stratified."""
+        if self._public is None:
+            from estuary.data import load_splits, stratified_sample
+
+            d = self.exp.data
+            evals = load_splits(d.task, root=Path(d.root) if d.root else None, seed=self.exp.seed).eval
+            self._public = stratified_sample(evals, self.params.public_size, seed=self.exp.seed,
+                                             purpose="fedmkt/public")
+        return self._public
+
+    def _client_spec(self, cid: str) -> str:
+        return self.exp.models.for_client(self.client_ids().index(cid))
+
+    # ------------------------------------------------------------------ clients
+    def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
+        return [ClientTask(cid, rnd, kind="train_topk", evaluate=False, params={"public": self.public()})
+                for cid in clients]
+
+    def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        from estuary.actors.distill import client_distill, client_topk
+
+        p: FedMKTConfig = self.params
+        public: list[Example] = task.params["public"]
+        if task.kind == "train_topk":
+            result = ctx.train_steps(task.round, steps=p.local_steps)
+            payload = client_topk(ctx, public, p.top_k)
+            metrics = {"train/loss": statistics.fmean(result.losses)} if result.losses else {}
+            metrics["knowledge/texts"] = float(len(payload["texts"]))
+            metrics["knowledge/positions"] = float(sum(len(t["token_ids"]) for t in payload["texts"]))
+            return ctx.egress(task, metrics=metrics, losses=result.losses, examples=result.examples_seen,
+                              payload={"topk": payload})
+        targets = task.params.get("targets")
+        steps = self.exp.training.steps if p.distill_steps is None else p.distill_steps
+        res = client_distill(ctx, task.round, public, targets, steps=steps, distill_weight=p.distill_weight,
+                             temperature=p.temperature, tail_bucket=p.tail_bucket,
+                             lm_loss=p.lm_loss) if targets else None
+        metrics = {"distill/trained": float(res is not None)}
+        if res is not None and res.losses:
+            metrics.update({"distill/loss": statistics.fmean(res.losses), "distill/lm": statistics.fmean(res.lm_losses),
+                            "distill/kd": statistics.fmean(res.kd_losses)})
+        if task.evaluate:
+            metrics.update(ctx.evaluate(task))
+        return ctx.egress(task, metrics=metrics, losses=res.losses if res else [],
+                          examples=res.examples_seen if res else 0)
+
+    # ------------------------------------------------------------------ server: check, align, select, train
+    def aggregate(self, rnd: int, outcome: RoundOutcome) -> dict[str, Any]:
+        """Every client's payload checked on arrival: accepted (parsed) or rejected (the reason, client named)."""
+        accepted: dict[str, tuple[str, TopKLogprobs]] = {}
+        rejected: dict[str, str] = {}
+        for cid in sorted(outcome.results):
+            spec = self._client_spec(cid)
+            try:
+                accepted[cid] = (spec, check_client_knowledge(
+                    cid, outcome.results[cid].payload.get("topk"), texts=len(self.public()),
+                    vocab_size=len(self._bank.texts(spec))))
+            except KnowledgeRejected as exc:
+                rejected[cid] = str(exc)
+        return {"accepted": accepted, "rejected": rejected}
+
+    def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
+        p: FedMKTConfig = self.params
+        accepted: dict[str, tuple[str, TopKLogprobs]] = agg["accepted"]
+        rejected: dict[str, str] = agg["rejected"]
+        for reason in rejected.values():
+            server.log(f"[yellow]fedmkt round {rnd}: {reason}[/yellow]")
+        metrics: dict[str, float] = {"knowledge/accepted": float(len(accepted)),
+                                     "knowledge/rejected": float(len(rejected))}
+        if rnd == 1 and p.llm_eval_size:
+            metrics.update({f"llm_start/{k}": v for k, v in self._evaluate_llm(server, None).items()})
+        texts = [server.task.prompt(ex) + server.task.completion(ex) for ex in self.public()]
+        llm_spec = self.exp.server_config().model
+        llm_topk = server.llm.topk_logprobs(texts, k=p.top_k, adapter=self.version)
+        t0 = time.perf_counter()
+        ex = mutual_exchange(llm_spec, llm_topk, accepted, self._bank, p.selection)
+        metrics["align/seconds"] = time.perf_counter() - t0
+        metrics.update(_exchange_metrics(ex, len(texts)))
+        self._targets = {cid: c.targets for cid, c in ex.clients.items()}
+        server.record("fedmkt", _knowledge_rows(rnd, ex, accepted, rejected, llm_topk, self._client_spec))
+        if p.train_llm and accepted:
+            self.version, train_metrics = self._train_llm(rnd, server, ex.records)
+            metrics.update({f"llm_train/{k}": v for k, v in train_metrics.items()})
+        elif p.train_llm:
+            server.log(f"[yellow]fedmkt round {rnd}: no client knowledge accepted; the LLM is not trained[/yellow]")
+        metrics["llm/adapter_version"] = float(_version_number(self.version))
+        metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
+        return metrics
+
+    def _train_llm(self, rnd: int, server: ServerContext,
+                   records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
+        """Distil a LoRA adapter of the served LLM on this round's records (Ray Train + DeepSpeed) and publish
+        it as the next version."""
+        from estuary.train import train_and_publish
+
+        p: FedMKTConfig = self.params
+        config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
+        config["objective"] = {"distill_weight": p.distill_weight, "temperature": p.temperature,
+                               "tail_bucket": p.tail_bucket, **p.llm_train.get("objective", {})}
+        outcome, version = train_and_publish(
+            records, config, server.llm, adapter_name=p.adapter_name,
+            name=f"{self.name}-r{rnd}-{time.strftime('%H%M%S')}",
+            storage_path=server.run_dir / "llm_train" if server.run_dir else None)
+        losses = outcome.losses
+        server.log(f"[dim]fedmkt round {rnd}: LLM distilled on {len(records)} public samples, loss "
+                   f"{losses[0]:.3f} → {losses[-1]:.3f}; published {version.id}[/dim]")
+        return version.id, {"records": float(len(records)), "loss_first": losses[0], "loss_last": losses[-1],
+                            "fit_s": outcome.fit_seconds, "startup_s": outcome.startup_seconds}
+
+    def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
+        from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
+
+        n = self.params.llm_eval_size
+        if not n:
+            return {}
+        test = list(server.test)[:n]
+        if server.task.kind == "classification":
+            res = llm_classify(server.llm, server.task, test, adapter=version)
+        else:
+            res = llm_perplexity(server.llm, [server.task.prompt(ex) + server.task.completion(ex) for ex in test],
+                                 adapter=version)
+        return {f"test/{k}": v for k, v in res.items() if k != "n"}
+
+    def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
+        ev = self.should_evaluate(rnd)
+        return [ClientTask(cid, rnd, kind="distill", evaluate=ev,
+                           params={"public": self.public(), "targets": self._targets.get(cid)})
+                for cid in sorted(outcome.results)]
+
+
+def _exchange_metrics(ex: Exchange, samples: int) -> dict[str, float]:
+    """Alignment per tokenizer pair (client model ↔ LLM) and the selections."""
+    out: dict[str, float] = {}
+    by_model: dict[str, list[Any]] = defaultdict(list)
+    for c in ex.clients.values():
+        by_model[model_label(c.spec)].append(c)
+    for label, cs in sorted(by_model.items()):
+        out[f"align/{label}/vocab_exact"] = cs[0].vocab_exact_to_llm
+        out[f"align/{label}/vocab_exact_from_llm"] = cs[0].vocab_exact_from_llm
+        out[f"align/{label}/seq_coverage"] = statistics.fmean(v for c in cs for v in c.coverage_to_llm)
+        out[f"align/{label}/seq_coverage_from_llm"] = statistics.fmean(v for c in cs for v in c.coverage_from_llm)
+    out["select/llm_self"] = float(ex.llm_choices.get(LLM, 0))
+    out["select/llm_from_clients"] = float(samples - ex.llm_choices.get(LLM, 0)) if ex.clients else 0.0
+    if ex.clients:
+        out["select/clients_took_llm"] = statistics.fmean(c.took_llm / samples for c in ex.clients.values())
+    return out
+
+
+def _knowledge_rows(rnd: int, ex: Exchange, accepted: dict[str, Any], rejected: dict[str, str],
+                    llm_topk: TopKLogprobs, spec_of: Any) -> list[dict[str, Any]]:
+    """What crossed the wire this round, one row per client and one for the LLM (counts, not logprobs)."""
+    base = {"strategy": "fedmkt", "round": rnd}
+    rows = []
+    for cid in sorted({*accepted, *rejected}):
+        if cid in rejected:
+            rows.append({**base, "client": cid, "model": spec_of(cid), "accepted": False, "reason": rejected[cid]})
+            continue
+        payload, c = accepted[cid][1], ex.clients[cid]
+        rows.append({**base, "client": cid, "model": c.spec, "accepted": True, "texts": len(payload.texts),
+                     "positions": c.positions, "k": payload.k,
+                     "vocab_exact_to_llm": round(c.vocab_exact_to_llm, 4),
+                     "vocab_exact_from_llm": round(c.vocab_exact_from_llm, 4),
+                     "seq_coverage_to_llm": round(statistics.fmean(c.coverage_to_llm), 4),
+                     "seq_coverage_from_llm": round(statistics.fmean(c.coverage_from_llm), 4),
+                     "took_llm": c.took_llm, "chosen_by_llm": c.chosen_by_llm})
+    rows.append({**base, "client": "server", "model": llm_topk.model, "adapter": llm_topk.adapter,
+                 "texts": len(llm_topk.texts), "positions": sum(len(t.token_ids) for t in llm_topk.texts),
+                 "k": llm_topk.k, "records": len(ex.records), "chose": dict(ex.llm_choices)})
+    return rows

@@ -1,0 +1,57 @@
+"""Parameters of FedMKT (Fan et al., COLING 2025, arXiv 2406.02224): mutual top-k distillation between the
+server LLM and heterogeneous client SLMs over a public data set, across tokenizers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ConfigDict
+
+
+@dataclass
+class FedMKTConfig:
+    __pydantic_config__ = ConfigDict(extra="forbid")  # unknown keys are errors
+
+    public_size: int = field(
+        default=64, metadata={"help": "Public examples: a label-stratified sample of the task's official "
+                              "validation split (never part of a client partition), as prompt + label word."})
+    top_k: int = field(
+        default=16, metadata={"help": "Top-k tokens each model sends per position (published: 128; the server's "
+                              "max_logprobs must be at least this)."})
+    selection: Literal["greater", "weighted_mean"] = field(
+        default="greater", metadata={"help": "Teacher per public sample by reward exp(-CE) on the ground truth: "
+                                     "greater = the best of the model itself and the aligned others; "
+                                     "weighted_mean = their mixture weighted by softmax of the rewards."})
+    distill_weight: float = field(
+        default=0.1, metadata={"help": "λ of (1-λ)·LM + λ·KD, for the LLM and the SLMs alike (published 0.1)."})
+    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature (published 1.0)."})
+    tail_bucket: bool = field(
+        default=True, metadata={"help": "KD over the top-k plus one bucket for the rest of the mass (see "
+                                "estuary.train.objective); False renormalises the teacher over its top k."})
+    lm_loss: Literal["text", "completion"] = field(
+        default="text", metadata={"help": "SLM language-model term on the public texts: every token (text) or "
+                                  "only the label word (completion)."})
+    local_steps: int | None = field(
+        default=None, metadata={"help": "Phase-1 steps on private data; None = training.steps."})
+    distill_steps: int | None = field(
+        default=None, metadata={"help": "Phase-2 SLM steps on the public texts towards the chosen targets; "
+                                "None = training.steps."})
+    train_llm: bool = field(
+        default=True, metadata={"help": "Distil the server LLM (Ray Train + DeepSpeed, LoRA) from the clients' "
+                                "aligned knowledge and publish its adapter."})
+    llm_train: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Server training settings (estuary.train TrainConfig fields: steps, lr, lora, zero, ...); "
+                  "objective.distill_weight/temperature/tail_bucket default to the values above."})
+    adapter_name: str = field(default="fedmkt", metadata={"help": "Name of the published server adapter."})
+    llm_eval_size: int = field(
+        default=100, metadata={"help": "Test examples the served LLM is evaluated on each round (0: off)."})
+
+    def __post_init__(self) -> None:
+        if self.public_size < 1 or self.top_k < 1:
+            raise ValueError(f"public_size and top_k must be >= 1 (got {self.public_size}, {self.top_k})")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")

@@ -1,0 +1,123 @@
+"""`estuary submit` / `estuary runs` against a real local Ray head (its own ports and temp dir), started here
+with `ray start --head --block` in a subprocess and stopped by ending that process (never `ray stop`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from estuary.cli import main
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.ray
+
+PORT_FLAGS = ("--port", "--dashboard-port", "--node-manager-port", "--object-manager-port", "--metrics-export-port",
+              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+              "--ray-client-server-port")
+
+
+def _own_processes(tmp: str) -> list[int]:
+    """Processes of this head (their command lines name its temp dir)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if tmp in line]
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    from estuary.data import find_data_root
+
+    tmp = tempfile.mkdtemp(prefix="estjob-", dir="/tmp")
+    ports = {flag: free_port() for flag in PORT_FLAGS}
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "ESTUARY_DATA": str(find_data_root()),
+           "PYTHONPATH": f"{REPO / 'src'}", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus=1", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", f"--temp-dir={tmp}",
+           *(f"{flag}={port}" for flag, port in ports.items())]
+    log = open(Path(tmp) / "head.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
+    url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                    break
+            except urllib.error.HTTPError:  # 401: up, with token authentication
+                break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray head did not start: {(Path(tmp) / 'head.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        time.sleep(2)
+        for pid in _own_processes(tmp):  # anything the reaper missed: only this head's own processes
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _job(tmp_path: Path) -> Path:
+    job = {
+        "name": "jobs", "method": "noop", "baselines": [], "rounds": 2, "seed": 0,
+        "data": {"task": "sst2", "partition": "iid", "train_size": 60, "test_size": 10, "min_client_size": 2},
+        "clients": {"count": 3, "pool_size": 1, "resources": {"num_cpus": 0.5}},
+        "evaluation": {"server": False},
+        "output": {"dir": str(tmp_path / "runs"), "plots": False},
+    }
+    path = tmp_path / "noop.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_submit_streams_logs_and_runs_lists_it(
+    ray_head: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _job(tmp_path)
+    t0 = time.time()
+    rc = main(["submit", str(job), "--address", ray_head, "--set", "output.run_id=ok"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out[-3000:] + err[-2000:]
+    assert "submitted estuary-ok" in err
+    assert "run folder:" in out  # the driver's own last line, streamed from the job's logs
+    summary = json.loads((tmp_path / "runs" / "ok" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["method"] == "noop"
+    rounds = [json.loads(x) for x in (tmp_path / "runs" / "ok" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["clients_ok"] for r in rounds] == [3, 3]
+
+    # A job that fails on the cluster (its data folder is missing there): the exit code comes back.
+    rc = main(["submit", str(job), "--address", ray_head, "--set", "output.run_id=bad",
+               "--env", "ESTUARY_DATA=/nonexistent-estuary-data"])
+    out, err = capsys.readouterr()
+    assert rc == 2, out[-3000:] + err[-2000:]
+    assert "ESTUARY_DATA='/nonexistent-estuary-data' is not a folder" in out
+
+    assert main(["runs", "--address", ray_head]) == 0
+    listed = capsys.readouterr().out
+    assert "estuary-ok" in listed and "SUCCEEDED" in listed and "estuary-bad" in listed and "FAILED" in listed
+    assert main(["runs", "--dir", str(tmp_path / "runs")]) == 0
+    local = capsys.readouterr().out
+    assert "ok" in local and "complete" in local
+    assert time.time() - t0 < 120

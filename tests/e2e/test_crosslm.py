@@ -1,0 +1,63 @@
+"""CrossLM end to end on a tiny setting through the real pipeline: the served LLM (the session's vLLM
+SmolLM2) generates, tiny client SLMs score, Ray Train + DeepSpeed fine-tunes the served model's LoRA, the
+adapter is published live and the next round generates with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estuary.platform.config import ExperimentConfig
+from estuary.platform.records import read_jsonl
+from estuary.platform.runner import run_experiment
+from tests.conftest import tiny_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
+
+def crosslm_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides: Any) -> dict[str, Any]:
+    return tiny_job(
+        tmp_path, model_dir, method="crosslm", baselines=[], rounds=2,
+        clients={"count": 2, "pool_size": 2, "resources": {"num_cpus": 0.9}},  # a sliver left for the trainer
+        data={"task": "sst2", "train_size": 60, "test_size": 16, "client_eval_max": 8},
+        server={"model": server_config.model, "app_name": server_config.app_name, "dtype": "float32"},
+        method_params={
+            "generate": {"prompts_per_label": 4, "samples_per_prompt": 2, "max_tokens": 20},
+            "min_score": 0.0, "consensus": 0.0,  # keep everything the clients scored: the flow, not the claim
+            "llm_eval_size": 8, "general_size": 4, "adapter_name": "crosslm-e2e",
+            "llm_train": {"workers": 2, "cpus_per_worker": 0.01, "steps": 2, "micro_batch_size": 2,
+                          "max_length": 64, "checkpoint_every": 2, "zero": {"stage": 2}},
+        },
+        **overrides,
+    )
+
+
+def test_crosslm_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server_config: Any) -> None:
+    job = crosslm_job(tmp_path, tiny_model_dir, server_config)
+    run_dir = run_experiment(ExperimentConfig.model_validate(job), show_progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    rounds = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "crosslm"]
+    generated = list(read_jsonl(run_dir / "knowledge" / "generated.jsonl"))
+    versions = []
+    for r in rounds:
+        m = r["metrics"]
+        rows = [g for g in generated if g["round"] == r["round"]]
+        assert m["server/generate/prompts"] == 8 and m["server/generate/filter/kept"] == len(rows) > 0
+        assert all(set(g["scores"]) == {"c000", "c001"} and 0 <= g["score"] <= 1 for g in rows)
+        assert m["server/select/kept"] == sum(g["selected"] for g in rows) == len(rows)
+        assert m["client/train/transfer_examples/mean"] == len(rows)
+        assert m["server/llm_train/loss_last"] > 0 and 0 <= m["server/llm/test/accuracy"] <= 1
+        assert m["server/llm/general/perplexity"] > 1
+        versions.append(m["server/llm/adapter_version"])
+    # round 1 generated with the base model, round 2 with the adapter round 1 published
+    assert rounds[0]["metrics"]["server/generate/adapter_version"] == 0
+    assert rounds[1]["metrics"]["server/generate/adapter_version"] == versions[0] >= 1
+    assert versions[1] == versions[0] + 1
+    assert "crosslm-e2e" in llm.versions()
+    assert rounds[0]["metrics"]["server/llm_start/test/accuracy"] >= 0
+    clients = [c for c in read_jsonl(run_dir / "clients.jsonl") if c["strategy"] == "crosslm"]
+    assert len(clients) == 8  # 2 clients × 2 phases × 2 rounds

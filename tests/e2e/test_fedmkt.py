@@ -1,0 +1,79 @@
+"""FedMKT end to end on a tiny setting through the real pipeline: tiny client SLMs (a word-level tokenizer)
+send top-k knowledge on public SST-2 texts, the served LLM (the session's vLLM SmolLM2, a byte-level BPE
+tokenizer) scores the same texts, the server aligns both ways across the two tokenizers, distils the served
+model's LoRA with Ray Train + DeepSpeed, publishes it live, and the clients distil from the aligned LLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estuary.platform.config import ExperimentConfig
+from estuary.platform.records import read_jsonl
+from estuary.platform.runner import run_experiment
+from tests.conftest import tiny_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
+PUBLIC = 6
+
+
+def fedmkt_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides: Any) -> dict[str, Any]:
+    return tiny_job(
+        tmp_path, model_dir, method="fedmkt", baselines=[], rounds=2, clients={"count": 2, "pool_size": 2,
+                                                                         "resources": {"num_cpus": 0.9}},
+        data={"task": "sst2", "train_size": 60, "test_size": 16, "client_eval_max": 8},
+        server={"model": server_config.model, "app_name": server_config.app_name, "dtype": "float32"},
+        method_params={
+            "public_size": PUBLIC, "top_k": 4, "llm_eval_size": 8, "adapter_name": "fedmkt-e2e",
+            "llm_train": {"workers": 2, "cpus_per_worker": 0.01, "steps": 2, "micro_batch_size": 2,
+                          "max_length": 64, "checkpoint_every": 2, "zero": {"stage": 2}},
+        },
+        **overrides,
+    )
+
+
+def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server_config: Any) -> None:
+    job = fedmkt_job(tmp_path, tiny_model_dir, server_config)
+    run_dir = run_experiment(ExperimentConfig.model_validate(job), show_progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    rounds = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "fedmkt"]
+    knowledge = list(read_jsonl(run_dir / "knowledge" / "fedmkt.jsonl"))
+    label = tiny_model_dir.name
+    versions = []
+    assert len(rounds) == 2
+    for r in rounds:
+        m = r["metrics"]
+        assert m["server/knowledge/accepted"] == 2 and m["server/knowledge/rejected"] == 0
+        for key in ("vocab_exact", "vocab_exact_from_llm", "seq_coverage", "seq_coverage_from_llm"):
+            assert 0 <= m[f"server/align/{label}/{key}"] <= 1
+        assert m[f"server/align/{label}/seq_coverage"] > 0  # the two tokenizers share whole words
+        assert m["server/select/llm_self"] + m["server/select/llm_from_clients"] == PUBLIC
+        assert 0 <= m["server/select/clients_took_llm"] <= 1
+        assert m["server/llm_train/records"] == PUBLIC and m["server/llm_train/loss_last"] > 0
+        assert 0 <= m["server/llm/test/accuracy"] <= 1
+        assert m["client/knowledge/texts/mean"] == PUBLIC and m["client/knowledge/positions/min"] > PUBLIC
+        assert m["client/distill/trained/min"] == 1 and m["client/distill/kd/mean"] > 0
+        versions.append(m["server/llm/adapter_version"])
+        rows = [k for k in knowledge if k["round"] == r["round"]]
+        clients = {k["client"]: k for k in rows}
+        assert set(clients) == {"c000", "c001", "server"}
+        for cid in ("c000", "c001"):
+            c = clients[cid]
+            assert c["accepted"] and c["texts"] == PUBLIC and c["k"] == 4 and c["positions"] > PUBLIC
+            assert 0 <= c["seq_coverage_to_llm"] <= 1 and 0 <= c["took_llm"] <= PUBLIC
+        assert clients["server"]["records"] == PUBLIC and sum(clients["server"]["chose"].values()) == PUBLIC
+    assert rounds[0]["metrics"]["server/llm_start/test/accuracy"] >= 0
+    assert versions[0] >= 1 and versions[1] == versions[0] + 1
+    # round 1 scored the public texts with the base model, round 2 with the adapter round 1 published
+    server_rows = [k for k in knowledge if k["client"] == "server"]
+    assert server_rows[0]["adapter"] is None and server_rows[1]["adapter"]
+    assert "fedmkt-e2e" in llm.versions()
+    clients_rows = [c for c in read_jsonl(run_dir / "clients.jsonl") if c["strategy"] == "fedmkt"]
+    assert len(clients_rows) == 8  # 2 clients × 2 phases × 2 rounds
+    assert all("test/accuracy" in c["metrics"] for c in clients_rows if c["round"] == 2 and
+               "distill/trained" in c["metrics"])

@@ -1,0 +1,236 @@
+"""FedMKT without Ray: payload checks, client distillation on the tiny model, alignment + selection + records
+on hand-made tokenisations, configuration and jobs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from estuary.actors import slm
+from estuary.actors.distill import distill_example, distill_steps, public_sequences, topk_knowledge
+from estuary.data.task import Example, Task
+from estuary.knowledge.alignment import VocabMapping
+from estuary.serve.types import PositionTopK, TextTopK, TopKLogprobs
+from estuary.strategies.fedmkt_knowledge import (
+    KnowledgeRejected,
+    check_client_knowledge,
+    choose_teacher,
+    mix_rows,
+    mutual_exchange,
+    topk_cross_entropy,
+)
+
+SST2 = Task(name="toy", kind="classification", template="Review: {text}\nSentiment:",
+            label_words=(" negative", " positive"), label_names=("negative", "positive"))
+PUBLIC = [Example(text="a great film with fine acting", label=1), Example(text="a dull boring mess", label=0),
+          Example(text="the plot is thin", label=0)]
+
+
+def ln(*ps: float) -> list[float]:
+    return [math.log(p) for p in ps]
+
+
+def text(ids: list[int], rows: list[tuple[list[int], list[float]]]) -> TextTopK:
+    return TextTopK(text="t", token_ids=ids, tokens=[str(i) for i in ids],
+                    token_logprobs=[None, *[-0.5] * (len(ids) - 1)],
+                    topk=[PositionTopK(ids=i, tokens=[str(x) for x in i], logprobs=lp) for i, lp in rows])
+
+
+def payload(texts: list[TextTopK], k: int = 2, model: str = "m") -> TopKLogprobs:
+    return TopKLogprobs(model=model, adapter=None, k=k, engine="transformers", dtype="float32", texts=texts)
+
+
+def good_text() -> TextTopK:
+    return text([1, 2, 3], [([2, 4], ln(0.6, 0.3)), ([3, 1], ln(0.7, 0.2)), ([0, 1], ln(0.5, 0.4))])
+
+
+# ------------------------------------------------------------------------------ payload checks
+
+
+def test_valid_payload_is_accepted() -> None:
+    got = check_client_knowledge("c000", payload([good_text(), good_text()]).to_dict(), texts=2, vocab_size=10)
+    assert len(got.texts) == 2 and got.k == 2
+
+
+@pytest.mark.parametrize(("mutate", "why"), [
+    (lambda d: d["texts"][1]["topk"][0]["logprobs"].__setitem__(0, float("nan")), "nan"),
+    (lambda d: d["texts"][0]["topk"][2]["logprobs"].__setitem__(1, float("-inf")), "-inf"),
+    (lambda d: d["texts"][0]["token_logprobs"].__setitem__(2, float("nan")), "nan"),
+    (lambda d: d["texts"][1]["topk"][1].update(ids=[], tokens=[], logprobs=[]), "expected 2"),
+    (lambda d: d["texts"][0]["topk"].pop(), "lengths differ"),
+    (lambda d: d["texts"].pop(), "expected one per public example"),
+    (lambda d: d["texts"][0].update(token_ids=[], tokens=[], token_logprobs=[], topk=[]), "nothing to distil"),
+    (lambda d: d["texts"][0]["topk"][0]["ids"].__setitem__(0, 99), "outside the vocabulary"),
+    (lambda d: d.__setitem__("schema_version", 7), "schema_version"),
+])
+def test_malformed_payload_is_rejected_with_the_client_named(mutate: Any, why: str) -> None:
+    data = payload([good_text(), good_text()]).to_dict()
+    mutate(data)
+    with pytest.raises(KnowledgeRejected, match=rf"client c007: knowledge rejected: .*{why}"):
+        check_client_knowledge("c007", data, texts=2, vocab_size=10)
+
+
+def test_missing_payload_is_rejected() -> None:
+    with pytest.raises(KnowledgeRejected, match="client c001: knowledge rejected: no top-k payload"):
+        check_client_knowledge("c001", None, texts=1)
+
+
+# ------------------------------------------------------------------------------ client side (tiny model)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    model, tok = slm.load_base(str(tiny_model_dir))
+    return slm.attach_lora(model, slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=0), tok
+
+
+def test_client_topk_payload_passes_the_server_checks(tiny: tuple[Any, Any]) -> None:
+    model, tok = tiny
+    seqs = public_sequences(tok, SST2, PUBLIC, 64)
+    items = topk_knowledge(model, tok, seqs, ["x"] * len(seqs), k=4, batch_size=2)
+    data = payload(items, k=4).to_dict()
+    got = check_client_knowledge("c000", data, texts=len(PUBLIC), vocab_size=len(tok.get_vocab()))
+    assert [t.token_ids for t in got.texts] == [ids for ids, _ in seqs]
+    first = got.texts[0]
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([first.token_ids])).logits[0].float(), -1)
+    assert first.token_logprobs[1] == pytest.approx(float(logp[0, first.token_ids[1]]), abs=1e-4)
+    assert first.topk[0].ids[0] == int(logp[0].argmax())
+
+
+def test_distill_steps_moves_the_model_towards_a_fixed_target(tiny: tuple[Any, Any]) -> None:
+    model, tok = tiny
+    target_ids, target_lps = [5, 6, 7], ln(0.7, 0.2, 0.05)
+    examples = []
+    for ids, start in public_sequences(tok, SST2, PUBLIC, 64):
+        rows = ([list(target_ids) for _ in ids], [list(target_lps) for _ in ids])
+        examples.append(distill_example(ids, start, rows, lm_loss="completion"))
+    assert [sum(t != -100 for t in ex.labels) for ex in examples] == [1, 1, 1]  # the label word only
+    before = slm.adapter_state(model)
+    try:
+        res = distill_steps(model, tok, examples, steps=8, batch_size=3, lr=3e-2, seed=0, distill_weight=1.0)
+        kd = res.kd_losses  # a random tiny model with LoRA on q/v: the KL falls, slowly (about 6.1 → 5.7)
+        assert len(kd) == 8 and kd[-1] < kd[0] - 0.25 and min(kd[4:]) < min(kd[:2])
+        assert res.lm_losses == [0.0] * 8  # λ = 1: no LM term computed
+        again = distill_steps(model, tok, examples, steps=2, batch_size=3, lr=1e-3, seed=0, distill_weight=0.1,
+                              optimizer_state=res.optimizer_state)
+        assert again.optimizer_state["step"] == 10
+        assert all(a > 0 for a in again.lm_losses) and again.losses[0] == pytest.approx(
+            0.9 * again.lm_losses[0] + 0.1 * again.kd_losses[0], rel=1e-4)
+    finally:
+        slm.load_adapter_state(model, before)
+
+
+def test_distill_example_masks() -> None:
+    rows = ([[1]] * 4, [[-0.1]] * 4)
+    assert distill_example([1, 2, 3, 4], 2, rows, lm_loss="text").labels == [-100, 2, 3, 4]
+    assert distill_example([1, 2, 3, 4], 2, rows, lm_loss="completion").labels == [-100, -100, 3, 4]
+    with pytest.raises(ValueError, match="3 target rows"):
+        distill_example([1, 2, 3, 4], 2, ([[1]] * 3, [[-0.1]] * 3))
+
+
+# ------------------------------------------------------------------------------ selection + records
+
+
+def test_topk_cross_entropy_by_hand() -> None:
+    rows = ([[2, 5], [], [9]], [ln(0.5, 0.25), [], ln(0.5)])
+    # token 2 in row 0: log .5; row 1 empty: uniform over 10; token 3 not in row 2: tail .5 over 9 others
+    want = -(math.log(0.5) - math.log(10) + math.log(0.5 / 9)) / 3
+    assert topk_cross_entropy(rows, [0, 2, 7, 3], 10) == pytest.approx(want)
+
+
+def test_mix_rows_and_weighted_mean() -> None:
+    a = ([[1, 2]], [ln(0.6, 0.4)])
+    b = ([[2, 3]], [ln(0.5, 0.5)])
+    ids, lps = mix_rows([a, b], [0.5, 0.5])
+    assert ids == [[2, 1, 3]] and np.allclose(np.exp(lps[0]), [0.45, 0.3, 0.25])
+    rows, best, ces = choose_teacher({"self": a, "x": b}, [0, 2], 10, "weighted_mean")
+    assert best == "x" and ces["x"] < ces["self"] and set(rows[0][0]) == {1, 2, 3}
+
+
+class FakeVocab:
+    """LLM: one word per token. Client A: BOS, 'movie' split in two, other ids. Client B: the LLM's vocabulary."""
+
+    TEXTS = {"llm": ["", "the", "movie", "was", "great", "bad", "good"],
+             "a": ["", "great", "the", "mov", "ie", "was", "bad"]}
+    MAPS = {("a", "llm"): [0, 4, 1, 2, 2, 3, 5], ("llm", "a"): [0, 2, 3, 5, 1, 6, 1]}
+
+    def texts(self, spec: str) -> list[str]:
+        return self.TEXTS["llm" if spec == "b" else spec]
+
+    def mapping(self, src: str, dst: str) -> VocabMapping:
+        if "b" in (src, dst):
+            return VocabMapping(np.arange(7), np.ones(7, dtype=bool))
+        ids = np.array(self.MAPS[src, dst])
+        return VocabMapping(ids, np.array([self.texts(src)[i] == self.texts(dst)[j] for i, j in enumerate(ids)]))
+
+
+def test_mutual_exchange_builds_records_from_the_better_aligned_client() -> None:
+    # "the movie was great": LLM [the movie was great], client a [<s> the mov ie was great]
+    llm = payload([text([1, 2, 3, 4], [([2, 5], ln(0.5, 0.3)), ([3, 4], ln(0.5, 0.2)), ([5, 4], ln(0.6, 0.3)),
+                                       ([5, 6], ln(0.5, 0.1))])])
+    client_a = payload([text([0, 2, 3, 4, 5, 1], [([2, 6], ln(0.9, 0.05)), ([3, 4], ln(0.8, 0.1)),
+                                                   ([4, 3], ln(0.9, 0.05)), ([5, 1], ln(0.9, 0.05)),
+                                                   ([1, 6], ln(0.8, 0.1)), ([6, 1], ln(0.5, 0.1))])])
+    client_b = payload([text([1, 2, 3, 4], [([5, 2], ln(0.6, 0.2)), ([4, 3], ln(0.6, 0.2)), ([5, 4], ln(0.9, 0.05)),
+                                            ([5, 6], ln(0.5, 0.1))])])
+    ex = mutual_exchange("llm", llm, {"c000": ("a", client_a), "c001": ("b", client_b)}, FakeVocab())
+    # the LLM distils towards client a on its own tokens; a's rows carried to LLM positions and ids
+    assert ex.llm_choices == {"c000": 1} and ex.clients["c000"].chosen_by_llm == 1
+    (record,) = ex.records
+    assert record["input_ids"] == [1, 2, 3, 4]
+    assert record["topk_ids"][0] == [2]  # after "the": a's "mov" and "ie" both map to "movie", merged
+    assert record["topk_logprobs"][0] == pytest.approx([math.log(0.9)])
+    assert record["topk_ids"][1:3] == [[3, 4], [4, 5]]  # after "movie" (a's row after "ie"), after "was"
+    assert record["topk_logprobs"][2] == pytest.approx(ln(0.8, 0.1))
+    a = ex.clients["c000"]
+    assert a.coverage_to_llm == [pytest.approx(0.75)]  # the, was, great one-to-one; movie ↔ mov+ie is not
+    assert a.coverage_from_llm == [pytest.approx(3 / 6)]  # the, was, great of a's 6 positions (BOS unaligned)
+    assert a.vocab_exact_to_llm == pytest.approx(5 / 7) and a.positions == 6
+    # a is better on its own tokens than the aligned LLM: it keeps itself; b (LLM tokenizer) is worse: takes LLM
+    own = client_a.texts[0].topk
+    assert a.took_llm == 0 and a.targets[0] == ([p.ids for p in own], [p.logprobs for p in own])
+    b = ex.clients["c001"]
+    assert b.took_llm == 1 and b.targets[0][0] == [[2, 5], [3, 4], [5, 4], [5, 6]]
+    assert b.coverage_to_llm == [1.0] and b.vocab_exact_to_llm == 1.0
+
+
+def test_exchange_metrics_and_rows() -> None:
+    from estuary.strategies.fedmkt import _exchange_metrics, model_label
+
+    llm = payload([text([1, 2, 3, 4], [([2, 5], ln(0.5, 0.3))] * 4)])
+    client_b = payload([text([1, 2, 3, 4], [([2, 5], ln(0.9, 0.05))] * 4)])
+    ex = mutual_exchange("llm", llm, {"c001": ("b", client_b)}, FakeVocab())
+    m = _exchange_metrics(ex, 1)
+    assert m["align/b/seq_coverage"] == 1.0 and m["align/b/vocab_exact"] == 1.0
+    assert m["select/llm_self"] + m["select/llm_from_clients"] == 1
+    assert model_label("/tmp/x/tiny-llama0/") == "tiny-llama0" and model_label("smollm2-135m") == "smollm2-135m"
+
+
+# ------------------------------------------------------------------------------ config and jobs
+
+
+def test_config_validation() -> None:
+    from estuary.errors import ConfigError
+    from estuary.platform.registry import build_params
+
+    p = build_params("fedmkt", {"top_k": 8, "selection": "weighted_mean"})
+    assert p.top_k == 8 and p.distill_weight == 0.1 and p.temperature == 1.0
+    with pytest.raises(ConfigError, match="did you mean 'top_k'"):
+        build_params("fedmkt", {"topk": 8})
+    with pytest.raises(ConfigError, match="selection"):
+        build_params("fedmkt", {"selection": "best"})
+
+
+@pytest.mark.parametrize("job", ["fedmkt-sst2", "fedmkt-sst2-homo", "fedmkt-sst2-one2one"])
+def test_jobs_load(job: str) -> None:
+    from estuary.platform.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{job}.yaml")
+    assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized"]
+    assert cfg.method_params["top_k"] <= cfg.server.max_logprobs

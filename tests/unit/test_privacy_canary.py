@@ -1,0 +1,55 @@
+"""Canaries planted in private data never leave a client, in any registered method: the client tasks of a
+round run in-process on the worker code path (ClientWorker.run_task, no Ray) and every Egress is scanned.
+
+Methods added later are covered as they register. Only the first client phase of a round runs here (a
+follow-up phase needs the server LLM); tests/cluster/test_privacy.py runs whole rounds of the methods
+that need no server LLM and scans the run records too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from estuary.actors.egress import Egress
+from estuary.actors.worker import ClientWorker
+from estuary.platform.config import load_config
+from estuary.platform.registry import available, build_params, get
+from estuary.privacy.canary import find_canaries, plant_sst2_canaries
+from tests.conftest import tiny_job
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GENERATOR = {"epochs": 1, "batch_size": 4, "max_length": 48, "samples_per_label": 3, "max_new_tokens": 12,
+             "min_words": 1, "sample_batch": 8}
+
+
+def test_no_method_sends_a_canary(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from estuary.data import find_data_root
+    from estuary.data.federated import build_federated_data
+
+    root = tmp_path / "data"
+    plant_sst2_canaries(find_data_root(), root, lines=160)
+    methods = sorted(m for m in available() if not m.endswith("_test"))
+    others = [m for m in methods if m != "dp_synthetic"]
+    job = tiny_job(tmp_path, tiny_model_dir, method="dp_synthetic", baselines=others, rounds=1, clients={"count": 2},
+                   data={"task": "sst2", "root": str(root), "train_size": 60, "test_size": 16, "client_eval_max": 6},
+                   training={"steps": 2, "batch_size": 4, "max_length": 48}, privacy={"target_epsilon": 3.0},
+                   method_params={"generator": GENERATOR},
+                   baseline_params={"fdkt": {"generator": GENERATOR}} if "fdkt" in methods else {})
+    cfg = load_config(base=job)
+    private = build_federated_data(cfg.data.model_dump_json(), 2, cfg.seed).client("c000").train
+    assert find_canaries(list(private))  # positive control: the private data carries canaries ...
+    assert find_canaries(Egress("c000", 1, "s", payload={"oops": private[0].text}))  # ... and a leak is caught
+    worker = ClientWorker(cfg.model_dump_json(), {str(tiny_model_dir): str(tiny_model_dir)}, "w", 1)
+    sent: dict[str, list[Egress]] = {}
+    for name in methods:
+        strategy = get(name)(cfg, build_params(name, cfg.params_of(name)))
+        for task in strategy.configure_round(1, strategy.select_clients(1, strategy.client_ids())):
+            egress, _state = ClientWorker.run_task(worker, type(strategy), task, None)
+            sent.setdefault(name, []).append(egress)
+    assert set(sent) == set(methods)
+    leaks = {name: find_canaries(egs) for name, egs in sent.items() if find_canaries(egs)}
+    assert leaks == {}  # metrics, payloads, synthetic examples, ledger rows: no private text in any Egress
+    assert any(eg.synthetic for eg in sent["dp_synthetic"]) and all(eg.privacy for eg in sent["dp_synthetic"])
