@@ -57,14 +57,14 @@ def main() -> None:
                 gains = [r["accuracy"][name] - r["accuracy"]["zero_shot"] for r in per_seed]
                 cell[f"{name}_minus_zero_shot"] = round(statistics.fmean(gains), 4)
             cells.append(cell)
-    print(f"\n{'task':<8}{'clients':>8}  {'zero-shot':>16}{'standalone':>16}{'centralized':>16}{'LLM 0-shot':>12}")
+    print(f"\n{'task':<8}{'clients':>8}  {'zero-shot':>17} {'standalone':>17} {'centralized':>17} {'LLM 0-shot':>17}")
     def cell_text(c: dict, k: str) -> str:
         return f"{c[k]['mean']:.3f} ± {c[k]['std']:.3f}" if k in c else "—"
 
     for c in cells:
         f = lambda k, c=c: cell_text(c, k)  # noqa: E731
-        print(f"{c['task']:<8}{c['clients']:>8}  {f('zero_shot'):>16}{f('standalone'):>16}"
-              f"{f('centralized'):>16}{f('server_zero_shot'):>12}")
+        print(f"{c['task']:<8}{c['clients']:>8}  {f('zero_shot'):>17} {f('standalone'):>17} "
+              f"{f('centralized'):>17} {f('server_zero_shot'):>17}")
     write_result("baselines_accuracy", {"job": str(JOB.name), "overrides": args.set, "cells": cells})
 
 

@@ -96,7 +96,6 @@ def test_submit_streams_logs_and_runs_lists_it(
     ray_head: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = _job(tmp_path)
-    t0 = time.time()
     rc = main(["submit", str(job), "--address", ray_head, "--set", "output.run_id=ok"])
     out, err = capsys.readouterr()
     assert rc == 0, out[-3000:] + err[-2000:]
@@ -120,4 +119,3 @@ def test_submit_streams_logs_and_runs_lists_it(
     assert main(["runs", "--dir", str(tmp_path / "runs")]) == 0
     local = capsys.readouterr().out
     assert "ok" in local and "complete" in local
-    assert time.time() - t0 < 120

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +119,11 @@ def test_bad_input_fails_in_one_line_before_any_worker(tmp_path: Path, tiny_mode
     storage = tmp_path / "train"
 
     def fails(exc: type[Exception], match: str, knowledge: Any = None, **changes: Any) -> None:
-        began = time.monotonic()
         with pytest.raises(exc, match=match) as info:
             ServerTrainer(tiny_config(tiny_model_dir, resource_wait_s=0, **changes), storage_path=storage).fit(
                 sst2_records(8) if knowledge is None else knowledge)
-        assert "\n" not in str(info.value) and time.monotonic() - began < 60
+        assert "\n" not in str(info.value)
+        assert not storage.exists() or not any(storage.iterdir()), "no training job may have started"
 
     fails(ConfigError, r"3 workers x CPU=1 need CPU=3, but the Ray cluster has 2", workers=3)
     fails(ConfigError, r"GPU=1 need GPU=1", workers=1, gpus_per_worker=1)

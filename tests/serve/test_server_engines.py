@@ -7,7 +7,6 @@ interface; a failing engine, a missing model or a KV cache larger than memory en
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -56,12 +55,13 @@ def test_failing_engine_ends_in_one_line(ray_session: None, tmp_path: Path) -> N
         pytest.skip("SmolLM2 folder missing")
     from estuary.serve.launcher import start_server
 
-    began = time.monotonic()
     with pytest.raises(ServerStartupError) as info:
-        start_server(_config(tmp_path, app_name="estuary-test-failing"), engine=FailingEngine, timeout_s=180)
+        start_server(_config(tmp_path, app_name="estuary-test-failing", route_prefix="/failing"),
+                     engine=FailingEngine, timeout_s=600)
     message = str(info.value)
+    # the engine's own reason, not the launcher's "not ready after 600 s": the failure was seen, not waited out
     assert "\n" not in message and "Available memory" in message and "estuary-test-failing" in message
-    assert time.monotonic() - began < 120, "a failed start must not hang"
+    assert "not ready after" not in message
 
 
 def test_preflight_failures(ray_session: None, tmp_path: Path) -> None:

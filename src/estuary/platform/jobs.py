@@ -85,7 +85,8 @@ def build_submission(
     """Validate the job and lay out its working directory in `staging`; nothing is sent yet."""
     cfg = load_config(job, overrides)
     run_id = cfg.output.run_id or f"{cfg.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    overrides = [*overrides, f"output.run_id={run_id}"]
+    if not cfg.output.run_id:  # fixed here, so `estuary runs` and the run folder share it
+        overrides = [*overrides, f"output.run_id={run_id}"]
     shutil.copyfile(job, staging / "job.yaml")
     args = ["estuary", "run", "job.yaml", "--no-progress"]
     for o in overrides:
@@ -148,11 +149,14 @@ def submit(
     overrides: list[str],
     *,
     wait: bool = True,
-    out: TextIO = sys.stdout,
-    log: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    log: TextIO | None = None,
     **build: Any,
 ) -> int:
-    """Submit the run as a Ray Job; with `wait`, stream its logs and return its exit code."""
+    """Submit the run as a Ray Job; with `wait`, stream its logs (to `out`, default stdout) and return its
+    exit code. Messages go to `log` (default stderr); both are looked up at call time, not import time."""
+    out = out or sys.stdout
+    log = log or sys.stderr
     staging = Path(tempfile.mkdtemp(prefix="estuary-submit-"))
     try:
         sub = build_submission(job, overrides, staging=staging, **build)
