@@ -22,9 +22,9 @@ from estuary.actors.evaluation import Encoded, _length_batches, _pad_id, collate
 from estuary.actors.slm import (
     _batch_indices,
     _export_optimizer,
-    _import_optimizer,
     _mix,
     _rng_scope,
+    adamw,
     trainable_parameters,
 )
 from estuary.data.task import Example, Task
@@ -167,13 +167,7 @@ def distill_steps(
     named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no trainable parameters (attach_lora first)")
-    names, params = [n for n, _ in named], [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    start_step = 0
-    if optimizer_state is not None:
-        start_step = _import_optimizer(optimizer, optimizer_state, names, params)
-        for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = lr, weight_decay
+    optimizer, names, params, start_step = adamw(named, lr, weight_decay, optimizer_state)
     device = model_device(model)
     pad_id = _pad_id(tokenizer)
     losses: list[float] = []

@@ -215,6 +215,22 @@ def _import_optimizer(
     return int(saved.get("step", 0))
 
 
+def adamw(
+    named: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
+    optimizer_state: dict[str, Any] | None,
+) -> tuple[torch.optim.Optimizer, list[str], list[torch.nn.Parameter], int]:
+    """AdamW over the named trainable parameters, resumed from an exported `optimizer_state` (with this
+    call's lr and weight decay); returns (optimizer, names, params, the step it resumes at)."""
+    names, params = [n for n, _ in named], [p for _, p in named]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    start_step = 0
+    if optimizer_state is not None:
+        start_step = _import_optimizer(optimizer, optimizer_state, names, params)
+        for group in optimizer.param_groups:
+            group["lr"], group["weight_decay"] = lr, weight_decay
+    return optimizer, names, params, start_step
+
+
 def train_steps(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -255,15 +271,7 @@ def train_steps(
     named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no trainable parameters (attach_lora first)")
-    names = [n for n, _ in named]
-    params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    start_step = 0
-    if optimizer_state is not None:
-        start_step = _import_optimizer(optimizer, optimizer_state, names, params)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = weight_decay
+    optimizer, names, params, start_step = adamw(named, lr, weight_decay, optimizer_state)
 
     device = model_device(model)
     pad_id = _pad_id(tokenizer)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from estuary.actors.evaluation import Encoded, _pad_id, encode, model_device
-from estuary.actors.slm import _export_optimizer, _import_optimizer, _mix, _rng_scope, train_steps, trainable_parameters
+from estuary.actors.slm import _export_optimizer, _mix, _rng_scope, adamw, train_steps, trainable_parameters
 from estuary.data.task import Example, Task
 from estuary.privacy.ledger import INF, BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger
 from estuary.privacy.stepper import DPStepper, check_wrappable, choose_clipping, make_generators
@@ -134,13 +134,7 @@ def dp_train_steps(
             f"> budget {budget:g} (spent {led.epsilon:.4g})"
         )
 
-    names, params = [nm for nm, _ in named], [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    start = 0
-    if optimizer_state is not None:
-        start = _import_optimizer(optimizer, optimizer_state, names, params)
-        for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = lr, weight_decay
+    optimizer, names, _params, start = adamw(named, lr, weight_decay, optimizer_state)
     device = model_device(model)
     mode, why = choose_clipping(model, dp_cfg.clipping)
     g_noise, g_sample, rng, secure = make_generators(dp_cfg.secure_rng, _mix(seed, start), device)
