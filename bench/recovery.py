@@ -4,7 +4,7 @@ costs the round, against the same round without a kill (same run, same pool).
     python -m bench.recovery [--clients 200] [--workers 2] [--repeats 3] [--sleep-s 0.02]
 
 Pooled mode, the `noop` strategy with a small sleep per task (so tasks are in flight when the kill lands).
-- restart_s: `ray.kill` of an idle worker (Ray restarts it) until its `ready()` answers again;
+- restart_s: `ray.kill` of an idle worker (Ray restarts it) until `ready()` answers from a new process;
 - round_with_kill_s vs round_s: a round in which one worker is killed after the first result arrives (its
   in-flight tasks are resubmitted by the pool; the restarted worker starts cold), against a clean round of
   warm workers; both report task attempts. recovery_cost_s is the difference of the medians.
@@ -66,15 +66,17 @@ def main() -> None:
     one_round(False)  # warm-up: data shards built in every worker
     restarts, clean, killed = [], [], []
     for _ in range(args.repeats):
+        old_pid = ray.get(pool.workers[0].ready.remote())["pid"]
         t0 = time.perf_counter()
         ray.kill(pool.workers[0], no_restart=False)
         deadline = time.time() + 120
-        while time.time() < deadline:  # calls fail while the actor is dead or restarting
-            try:
-                ray.get(pool.workers[0].ready.remote(), timeout=30)
-                break
+        while time.time() < deadline:  # calls fail while the actor is dead or restarting; ray.kill is
+            try:  # asynchronous, so the old process may still answer: wait for a new pid
+                if ray.get(pool.workers[0].ready.remote(), timeout=30)["pid"] != old_pid:
+                    break
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         restarts.append(time.perf_counter() - t0)
         one_round(False)  # the restarted worker rebuilds its caches (data shards): not part of the clean round
         clean.append(one_round(False))

@@ -44,7 +44,7 @@ def ray_session() -> Iterator[None]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_tiny_model(path: Path, sentences: list[str], vocab_size: int = 1500) -> Path:
+def build_tiny_model(path: Path, sentences: list[str], vocab_size: int = 1500, hidden_size: int = 32) -> Path:
     """A tiny random Llama with a word-level tokenizer over `sentences`: real HF folder, fast on CPU."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -64,7 +64,7 @@ def build_tiny_model(path: Path, sentences: list[str], vocab_size: int = 1500) -
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     cfg = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False,
     )

@@ -61,3 +61,20 @@ def test_results_table_mean_std_over_runs() -> None:
     console.print(results_table(s(0.6), s(0.8)))
     text = console.export_text()
     assert "0.700 ± 0.141" in text and "2 runs" in text
+
+
+def test_results_table_shows_in_run_variants_as_rows() -> None:
+    metrics = {"client/test/perplexity/mean": 30.0, "client/hard_labels/test/perplexity/mean": 34.5,
+               "client/hard_labels/train/loss/mean": 3.0}
+    summary = {"name": "d", "task": "yelp-gen", "clients": 2, "run_id": "r", "task_kind": "generation",
+               "strategies": {"distildp": {"complete": True, "wall_s": 9, "metrics": metrics},
+                              "dp_standalone": {"complete": True, "wall_s": 5,
+                                                "metrics": {"client/test/perplexity/mean": 40.0}}}}
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(results_table(summary))
+    lines = console.export_text().splitlines()
+    row = next(ln for ln in lines if "distildp: hard_labels" in ln)
+    assert "34.500" in row and "30.000" not in row
+    assert lines.index(row) == next(i for i, ln in enumerate(lines) if "│ distildp " in ln) + 1

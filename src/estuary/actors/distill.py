@@ -1,5 +1,5 @@
-"""Client-side distillation (FedMKT): the SLM's top-k knowledge on public texts, and LoRA training towards
-teacher top-k distributions with (1-λ)·LM + λ·KD.
+"""Client-side distillation (FedMKT, DistilDP): the SLM's top-k knowledge on public texts, and LoRA training
+towards teacher top-k distributions with (1-λ)·LM + λ·KD (+ β·hidden-state MSE for DistilDP).
 
 Pure torch/transformers (no Ray), alongside `estuary.actors.slm`: the same batching (epoch permutations
 seeded by (seed, step)), optimizer hand-off and RNG scoping, with the loss of `estuary.train.objective`.
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from estuary.actors.evaluation import Encoded, _length_batches, _pad_id, collate, encode, model_device
@@ -29,7 +30,7 @@ from estuary.actors.slm import (
 )
 from estuary.data.task import Example, Task
 from estuary.serve.types import PositionTopK, TextTopK, TopKLogprobs
-from estuary.train.objective import IGNORE, objective
+from estuary.train.objective import IGNORE, hidden_mse_loss, objective
 
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
@@ -43,6 +44,8 @@ class DistillExample:
     labels: list[int]  # token t is trained by the LM term unless labels[t] == IGNORE
     topk_ids: list[list[int]]  # one row per position (empty: no target there)
     topk_logprobs: list[list[float]]
+    hidden: np.ndarray | None = None  # [len(input_ids), teacher width] teacher hidden states (DistilDP)
+    hidden_mask: tuple[bool, ...] | None = None  # positions that carry a teacher hidden state
 
 
 @dataclass
@@ -50,6 +53,7 @@ class DistillResult:
     losses: list[float]  # the mixed loss of each step
     lm_losses: list[float]
     kd_losses: list[float]
+    hidden_losses: list[float]  # the hidden-state term of each step (empty without one)
     optimizer_state: dict[str, Any]
     examples_seen: int
     tokens: int
@@ -140,6 +144,23 @@ def _batch_tensors(batch: Sequence[DistillExample], pad_id: int,
     return input_ids, mask, labels.to(device), topk_ids.to(device), topk_lps.to(device)
 
 
+def _hidden_tensors(batch: Sequence[DistillExample], width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Teacher hidden states [B, L, Dt] (zeros where absent) and the mask [B, L] of positions carrying one."""
+    dims = {ex.hidden.shape[1] for ex in batch if ex.hidden is not None}
+    if len(dims) > 1:
+        raise ValueError(f"teacher hidden states of different widths {sorted(dims)} in one batch")
+    dim = dims.pop() if dims else 1
+    hidden = torch.zeros((len(batch), width, dim), dtype=torch.float32)
+    mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for b, ex in enumerate(batch):
+        if ex.hidden is None or ex.hidden_mask is None:
+            continue
+        n = len(ex.input_ids)
+        hidden[b, :n] = torch.from_numpy(np.asarray(ex.hidden[:n], dtype=np.float32))
+        mask[b, :n] = torch.tensor(ex.hidden_mask[:n], dtype=torch.bool)
+    return hidden.to(device), mask.to(device)
+
+
 def distill_steps(
     model: Any,
     tokenizer: Any,
@@ -155,10 +176,14 @@ def distill_steps(
     optimizer_state: dict[str, Any] | None = None,
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
+    hidden_weight: float = 0.0,
+    projection: torch.nn.Parameter | None = None,
 ) -> DistillResult:
     """`steps` AdamW steps on the trainable (adapter) parameters with (1-λ)·LM + λ·KD per batch
-    (`estuary.train.objective.objective`); batches, seeding and `optimizer_state` hand-off as in
-    `estuary.actors.slm.train_steps`. The model is left in the mode it came in."""
+    (`estuary.train.objective.objective`), plus β·hidden-state MSE (`hidden_mse_loss`, the last layer's
+    states, through `projection` [Dt, Ds] when given; it is trained too) when `hidden_weight` β > 0; batches,
+    seeding and `optimizer_state` hand-off as in `estuary.actors.slm.train_steps`. The model is left in the
+    mode it came in."""
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be >= 0 and batch_size >= 1 (got {steps}, {batch_size})")
     if not examples:
@@ -167,12 +192,15 @@ def distill_steps(
     named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no trainable parameters (attach_lora first)")
+    if projection is not None:
+        named = [*named, ("distill.projection", projection)]
     optimizer, names, params, start_step = adamw(named, lr, weight_decay, optimizer_state)
     device = model_device(model)
     pad_id = _pad_id(tokenizer)
     losses: list[float] = []
     lm: list[float] = []
     kd: list[float] = []
+    hid: list[float] = []
     tokens = 0
     was_training = model.training
     model.train()
@@ -182,21 +210,28 @@ def distill_steps(
             input_ids, mask, labels, topk_ids, topk_lps = _batch_tensors(batch, pad_id, device)
             tokens += int(mask.sum())
             with _rng_scope(_mix(seed, step, 3), device):
-                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-                parts = objective(logits, labels, topk_ids, topk_lps, distill_weight=distill_weight,
+                out = model(input_ids=input_ids, attention_mask=mask, use_cache=False,
+                            output_hidden_states=hidden_weight > 0)
+                parts = objective(out.logits, labels, topk_ids, topk_lps, distill_weight=distill_weight,
                                   temperature=temperature, tail_bucket=tail_bucket)
+                loss = parts.loss
+                if hidden_weight > 0:
+                    t_hidden, t_mask = _hidden_tensors(batch, input_ids.shape[1], device)
+                    h_loss, _ = hidden_mse_loss(out.hidden_states[-1], t_hidden, t_mask & mask.bool(), projection)
+                    loss = loss + hidden_weight * h_loss
+                    hid.append(float(h_loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
-                parts.loss.backward()
+                loss.backward()
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 optimizer.step()
-            losses.append(float(parts.loss.detach()))
+            losses.append(float(loss.detach()))
             lm.append(float(parts.sft))
             kd.append(float(parts.kd))
     finally:
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
-    return DistillResult(losses, lm, kd, _export_optimizer(optimizer, names, start_step + steps),
+    return DistillResult(losses, lm, kd, hid, _export_optimizer(optimizer, names, start_step + steps),
                          steps * batch_size, tokens, time.perf_counter() - began)
 
 

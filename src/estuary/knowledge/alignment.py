@@ -101,6 +101,11 @@ def _fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256("\x00".join(t for t, _ in vocab).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def same_vocabulary(a: Any, b: Any) -> bool:
+    """Whether two tokenizers have the same vocabulary (the same token at every id)."""
+    return a is b or _fingerprint(a) == _fingerprint(b)
+
+
 def cached_vocab_mapping(src_tokenizer: Any, dst_tokenizer: Any, cache: Path | None = None) -> VocabMapping:
     """`vocab_mapping` of two tokenizers' vocabularies, computed once per pair and kept on disk."""
     if cache is None:

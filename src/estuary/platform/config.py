@@ -403,13 +403,14 @@ def load_config(
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source, ExperimentConfig)) from None
-    from estuary.platform.registry import validate_params  # the registry knows every method's config
+    from estuary.platform.registry import get, validate_params  # the registry knows every method's config
 
     for name in cfg.baseline_params:
         if name not in cfg.baselines:
             raise ConfigError(f"{source}: baseline_params.{name} names no baseline of this run ({cfg.baselines})")
     for name in cfg.strategies():
         validate_params(name, cfg.params_of(name), source)
+        get(name).check_job(cfg, source)
     return cfg
 
 

@@ -94,16 +94,17 @@ def describe(name: str) -> list[tuple[str, str, str]]:
     return _describe_fields(get(name).config_class, "")
 
 
-def _describe_fields(cls: type, prefix: str) -> list[tuple[str, str, str]]:
+def _describe_fields(cls: type, prefix: str, instance: Any = None) -> list[tuple[str, str, str]]:
+    """Rows of a config dataclass; a nested one shows its parent's default for it (`instance`), not its own."""
     rows = []
     for f in dataclasses.fields(cls):
-        default: Any = f.default
+        default: Any = getattr(instance, f.name) if instance is not None else f.default
         factory: Any = f.default_factory
         if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
             default = factory()
         if dataclasses.is_dataclass(default) and not isinstance(default, type):
             rows.append((prefix + f.name, "…", str(f.metadata.get("help", ""))))
-            rows += _describe_fields(type(default), f"{prefix}{f.name}.")
+            rows += _describe_fields(type(default), f"{prefix}{f.name}.", default)
             continue
         rows.append((prefix + f.name, repr(default), str(f.metadata.get("help", ""))))
     return rows

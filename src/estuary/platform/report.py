@@ -69,8 +69,14 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     names: list[str] = []
     for s in summaries:
         names += [n for n in s.get("strategies", {}) if n not in names]
-    for name in names:
+    rows = [(name, "") for name in names]
+    for name in names:  # a strategy's in-run variants, e.g. DistilDP's hard-label twin (client/hard_labels/...)
+        metrics = [s["strategies"][name].get("metrics", {}) for s in summaries if name in s.get("strategies", {})]
+        rows[rows.index((name, "")) + 1:rows.index((name, "")) + 1] = [(name, v) for v in _variants(metrics, cols)]
+    for name, variant in rows:
         entries = [s["strategies"][name] for s in summaries if name in s.get("strategies", {})]
+        if variant:
+            entries = [{**e, "metrics": _variant_metrics(e.get("metrics", {}), variant)} for e in entries]
         cells = []
         for _, spec in cols:
             keys = [_pick(e.get("metrics", {}), spec) for e in entries]
@@ -81,9 +87,24 @@ def results_table(*summaries: dict[str, Any]) -> Table:
         eps = [x for x in (_epsilon(s, name) for s in summaries) if x is not None]
         cells.append(("∞" if any(math.isinf(x) for x in eps) else f"{max(eps):.2f}") if eps else "—")
         wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
-        label = name + ("" if all(e.get("complete") for e in entries) else " (incomplete)")
-        table.add_row(label, *cells, f"{wall:.0f}")
+        label = (f"  {name}: {variant}" if variant else name) + (
+            "" if all(e.get("complete") for e in entries) else " (incomplete)")
+        table.add_row(label, *cells, "" if variant else f"{wall:.0f}")
     return table
+
+
+def _variants(metrics: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:
+    """Variants v with metrics `client/<v>/<rest>` for a column key `client/<rest>`."""
+    rests = [k.removeprefix("client/") for _, spec in cols for k in spec.split("|") if k.startswith("client/")]
+    found = {key.split("/")[1] for m in metrics for key in m for rest in rests
+             if key.startswith("client/") and key.endswith("/" + rest) and key.count("/") == rest.count("/") + 2}
+    return sorted(found)
+
+
+def _variant_metrics(metrics: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A variant's metrics under the plain keys (client/<v>/x → client/x)."""
+    prefix = f"client/{variant}/"
+    return {"client/" + k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def draw_plots(run_dir: Path) -> list[Path]:

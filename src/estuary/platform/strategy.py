@@ -91,6 +91,11 @@ class Strategy(ABC):
         self.exp = exp
         self.params = params if params is not None else self.config_class()
 
+    @classmethod
+    def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
+        """Refuse a job this strategy cannot run (ConfigError, one line naming the field); called by load_config."""
+        return None
+
     # ------------------------------------------------------------------ driver-side hooks
     def num_rounds(self) -> int:
         return self.exp.rounds

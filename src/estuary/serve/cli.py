@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -84,6 +85,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from estuary.serve.launcher import start_server, stop_server
     from estuary.serve.types import GenerationParams
 
+    # Ctrl-C stops the server even where SIGINT came in ignored (a shell starts background jobs that way and
+    # children inherit it: `estuary serve ... &` from a script, or a benchmark that starts it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     owns_ray = ensure_ray(RayConfig(address=args.address, dashboard=False), args.address)
     try:
         server = start_server(cfg)

@@ -10,6 +10,9 @@ Shapes: `logits` [B, L, V] are the model's outputs at every position; position t
   proper distributions over k+1 outcomes; the temperature T divides the student's logits and the
   teacher's log-probabilities (the tail bucket counts as one pseudo-token) and the KL is scaled by T².
 - `mix_losses`: (1-λ)·SFT + λ·KD, falling back to the term that has targets when the other has none.
+- `hidden_mse_loss`: DistilDP's hidden-state term, the mean squared error between the student's hidden
+  states (projected to the teacher's width when the widths differ) and the teacher's at the positions that
+  carry a teacher state, divided by the teacher states' mean square so that it does not depend on their scale.
 """
 
 from __future__ import annotations
@@ -120,3 +123,21 @@ def objective(logits: torch.Tensor, labels: torch.Tensor, topk_ids: torch.Tensor
         return LossParts(_zero(logits), sft, kd, 0, 0)
     loss = mix_losses(sft, kd, distill_weight, has_sft=n_sft > 0, has_kd=n_kd > 0)
     return LossParts(loss, sft.detach(), kd.detach(), n_sft, n_kd)
+
+
+def hidden_mse_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                    projection: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Normalised MSE between student hidden states [B, L, Ds] (times `projection` [Dt, Ds] when given) and
+    teacher hidden states [B, L, Dt] at the positions where `mask` [B, L] is true, and their count:
+    Σ‖W·h_s − h_t‖² / Σ‖h_t‖² over those positions (the teacher side carries no gradient)."""
+    count = int(mask.sum())
+    if count == 0:
+        return _zero(student), 0
+    h_s = student[mask].float()
+    if projection is not None:
+        h_s = h_s @ projection.float().t()
+    h_t = teacher[mask].float().detach()
+    if h_s.shape != h_t.shape:
+        raise ValueError(f"student hidden states {tuple(h_s.shape)} do not match the teacher's {tuple(h_t.shape)}; "
+                         "widths differ: give a projection")
+    return (h_s - h_t).pow(2).sum() / h_t.pow(2).sum().clamp(min=1e-12), count

@@ -1,0 +1,86 @@
+"""DistilDP's claim: student perplexity on real held-out text, DistilDP vs the DP-SGD student vs hard-label-only
+distillation vs a non-private teacher, at several ε, through `estuary run`.
+
+    python -m bench.distildp_ppl [--jobs distildp-yelp distildp-e2e] [--epsilons 2 4 8 inf] [--seeds 0]
+                                 [--set training.steps=32 ...]
+
+Each cell is one real run of jobs/<job>.yaml with privacy.target_epsilon set (inf: a non-private teacher and
+a non-private standalone student). In one run: zero-shot, the DP-SGD student (dp_standalone, same ε), the
+DistilDP student and its hard-label-only twin (same teacher, same synthetic text, same start). Prints the mean
+test perplexity of the clients and each one's difference from the DP-SGD student of the same run (negative:
+better than it), and writes bench/results/distildp_ppl.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import write_result
+from estuary.platform.config import load_config
+from estuary.platform.runner import run_experiment
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+KEY = "client/test/perplexity/mean"
+ROWS = ("zero_shot", "dp_standalone", "hard_labels", "distildp")
+
+
+def perplexities(summary: dict[str, Any]) -> dict[str, float | None]:
+    s = summary["strategies"]
+    return {"zero_shot": s.get("zero_shot", {}).get("metrics", {}).get(KEY),
+            "dp_standalone": s.get("dp_standalone", {}).get("metrics", {}).get(KEY),
+            "hard_labels": s["distildp"]["metrics"].get("client/hard_labels/test/perplexity/mean"),
+            "distildp": s["distildp"]["metrics"].get(KEY)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", nargs="+", default=["distildp-yelp", "distildp-e2e"])
+    ap.add_argument("--epsilons", nargs="+", default=["2", "4", "8", "inf"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--set", action="append", default=[], help="extra job overrides")
+    args = ap.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bench-distildp-"))
+    cells = []
+    for job in args.jobs:
+        for eps in args.epsilons:
+            runs = []
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                target = "null" if math.isinf(float(eps)) else eps
+                overrides = [f"privacy.target_epsilon={target}", f"seed={seed}", f"output.dir={out}",
+                             f"output.run_id={job}-eps{eps}-s{seed}", *args.set]
+                run_dir = run_experiment(load_config(JOBS / f"{job}.yaml", overrides), show_progress=False)
+                summary = json.loads((run_dir / "summary.json").read_text())
+                eps_got = [v.get("epsilon") for v in summary.get("privacy", {}).get("distildp", {}).values()]
+                runs.append({"seed": seed, "perplexity": perplexities(summary), "epsilon": eps_got,
+                             "wall_s": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)})
+                print(json.dumps({"job": job, "epsilon": eps, **runs[-1]}), flush=True)
+            cell: dict[str, Any] = {"job": job, "epsilon": eps, "runs": runs}
+            for name in ROWS:
+                vals = [r["perplexity"][name] for r in runs if r["perplexity"].get(name) is not None]
+                if vals:
+                    cell[name] = round(statistics.fmean(vals), 3)
+            for name in ("hard_labels", "distildp"):
+                diffs = [r["perplexity"][name] - r["perplexity"]["dp_standalone"] for r in runs
+                         if r["perplexity"].get(name) is not None and r["perplexity"].get("dp_standalone") is not None]
+                if diffs:
+                    cell[f"{name}_minus_dp_standalone"] = round(statistics.fmean(diffs), 3)
+            cells.append(cell)
+    print(f"\n{'job':<16}{'ε':>5}  {'zero-shot':>10} {'DP-SGD':>10} {'hard-only':>10} {'DistilDP':>10} "
+          f"{'Δ vs DP-SGD':>12}")
+    for c in cells:
+        f = lambda k, c=c: f"{c[k]:.2f}" if k in c else "—"  # noqa: E731
+        print(f"{c['job']:<16}{c['epsilon']:>5}  {f('zero_shot'):>10} {f('dp_standalone'):>10} "
+              f"{f('hard_labels'):>10} {f('distildp'):>10} {f('distildp_minus_dp_standalone'):>12}")
+    write_result("distildp_ppl", {"jobs": args.jobs, "overrides": args.set, "cells": cells})
+
+
+if __name__ == "__main__":
+    main()

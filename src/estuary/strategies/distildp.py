@@ -1,0 +1,186 @@
+"""DistilDP (Flemings & Annavaram 2024, arXiv 2403.00932): DP knowledge distillation through synthetic text.
+
+Federated form. The teacher is DP-trained in the client that owns the data, not by averaging clients' DP
+adapters: every client's ε is then its own ledger's (per-example DP-SGD on data that never leaves it), and
+nothing has to average LoRA factors that were initialised and trained apart. Each round has two phases:
+
+1. `teach` (clients): each client DP-fine-tunes its teacher once (`privacy.generator_model`, LoRA, Opacus
+   DP-SGD to privacy.target_epsilon; later rounds sample the same DP model at no further ε), samples text
+   from it, and has the teacher read each sample: top-k next-token distributions and last-layer hidden
+   states, carried into the student's tokenisation in the client (`estuary.actors.distildp`). Only these
+   leave the client, with the ledger's release entry.
+2. server: the samples are pooled across clients (post-processing), recorded in knowledge/synthetic.jsonl
+   and put once in the object store.
+3. `distil` (clients): each student (the client's SLM adapter) trains on the pooled synthetic text only,
+   (1-λ)·CE + λ·KL + β·hidden MSE, and is evaluated (perplexity on real held-out text). With
+   `hard_label_baseline`, a twin trained on the same text from the same start with λ = β = 0 is evaluated
+   too (hard_labels/*), so both students see the same teacher and samples.
+
+Baselines for the paper's claim: `dp_standalone` (the student DP-trained on the private text, same ε) in the
+same run, and a non-private teacher (`privacy.target_epsilon: null`) in a linked run (bench/distildp_ppl.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from estuary.actors.egress import Egress
+from estuary.errors import ConfigError
+from estuary.platform.plan import ClientTask
+from estuary.platform.registry import register
+from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.strategies.distildp_config import DistilDPConfig
+
+if TYPE_CHECKING:
+    from estuary.actors.context import ClientContext
+    from estuary.actors.distildp import TeacherTarget
+    from estuary.platform.config import ExperimentConfig
+    from estuary.platform.run_context import ServerContext
+
+
+@register
+class DistilDP(Strategy):
+    name = "distildp"
+    config_class: ClassVar[type] = DistilDPConfig
+    uses_privacy: ClassVar[bool] = True  # its DP teacher's model is checked before the run starts
+    description = ("Clients' DP teachers write synthetic text with their token distributions and hidden states; "
+                   "SLM students learn hard labels, soft labels and hidden states from it.")
+
+    def __init__(self, exp: Any, params: Any | None = None) -> None:
+        super().__init__(exp, params)
+        self._pool: Any = None  # this round's pooled targets (an object-store reference under Ray)
+
+    @classmethod
+    def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
+        from estuary.data import get_task
+
+        task = get_task(cfg.data.task)
+        if task.kind != "generation":
+            raise ConfigError(f"{source}: distildp distils language models on text; data.task {cfg.data.task!r} "
+                              "is a classification task — use a generation task (yelp-gen, e2e)")
+        models = {cfg.models.for_client(i) for i in range(cfg.clients.count)}
+        if len(models) > 1:
+            raise ConfigError(f"{source}: distildp needs one student model for all clients (the teachers' rows are "
+                              f"in the student's tokenisation); got {sorted(models)} — set models.client only")
+
+    # ------------------------------------------------------------------ phase 1: DP teachers
+    def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
+        return [ClientTask(cid, rnd, kind="teach", evaluate=False) for cid in clients]
+
+    def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        if task.kind == "teach":
+            return self._teach(ctx, task)
+        return self._distil(ctx, task)
+
+    def _teach(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        from estuary.actors.distildp import client_teacher_targets
+
+        p: DistilDPConfig = self.params
+        res = ctx.dp_synthesize(task.round, p.generator)
+        metrics = {"privacy/epsilon": res.epsilon, "synthetic/refused": float(res.refused)}
+        metrics.update({f"synthetic/{k}": float(v) for k, v in res.stats.items()})
+        if res.training is not None:
+            losses = [x for x in res.training.losses if not math.isnan(x)]
+            if losses:
+                metrics["teacher/loss"] = statistics.fmean(losses)
+        if res.refused or not res.examples:
+            return ctx.egress(task, metrics=metrics, payload={"refusal": res.refusal} if res.refused else {})
+        targets, unparsed = client_teacher_targets(ctx, list(res.examples), k=p.topk)
+        metrics["synthetic/unparsed"] = float(unparsed)
+        metrics["synthetic/targets"] = float(len(targets))
+        if targets:
+            metrics["alignment/coverage"] = statistics.fmean(t.coverage for t in targets)
+        return ctx.egress(task, metrics=metrics, synthetic=list(res.examples), payload={"targets": targets})
+
+    # ------------------------------------------------------------------ phase 2: pool (post-processing)
+    def aggregate(self, rnd: int, outcome: RoundOutcome) -> dict[str, Any]:
+        targets = [t for cid in sorted(outcome.results) for t in outcome.results[cid].payload.get("targets", [])]
+        refused = sorted(cid for cid, eg in outcome.results.items() if "refusal" in eg.payload)
+        return {"targets": targets, "refused": refused}
+
+    def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
+        p: DistilDPConfig = self.params
+        targets: list[TeacherTarget] = agg["targets"]
+        if p.max_synthetic is not None and len(targets) > p.max_synthetic:
+            rng = random.Random(f"{self.exp.seed}/{self.name}/pool/{rnd}")
+            targets = [targets[i] for i in sorted(rng.sample(range(len(targets)), p.max_synthetic))]
+        server.record("synthetic", [
+            {"uid": t.example.uid, "client": _client_of(t.example.uid), "round": rnd, "strategy": self.name,
+             "text": t.example.text, "target": t.example.target, "tokens": len(t.input_ids),
+             "coverage": round(t.coverage, 4)}
+            for t in targets])
+        self._pool = _share(targets) if targets else None
+        if not targets:
+            server.log(f"[yellow]distildp round {rnd}: no client sent synthetic text; students are not "
+                       "trained this round[/yellow]")
+        return {"pool/samples": float(len(targets)), "pool/tokens": float(sum(len(t.input_ids) for t in targets)),
+                "synthetic/clients_refused": float(len(agg["refused"]))}
+
+    # ------------------------------------------------------------------ phase 3: students
+    def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
+        ev = self.should_evaluate(rnd)
+        return [ClientTask(cid, rnd, kind="distil", evaluate=ev, params={"pool": self._pool})
+                for cid in sorted(outcome.results)]
+
+    def _distil(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        from estuary.actors import slm
+        from estuary.actors.distildp import HARD_KEY, student_distill
+
+        p: DistilDPConfig = self.params
+        pool = _resolve(task.params.get("pool"))
+        metrics: dict[str, float] = {"distil/samples": float(len(pool or []))}
+        if not pool:
+            if task.evaluate:
+                metrics.update(ctx.evaluate(task))
+            return ctx.egress(task, metrics=metrics)
+        steps = self.exp.training.steps if p.steps is None else p.steps
+        keep = self.exp.training.keep_optimizer_state
+        if p.hard_label_baseline:  # the twin: same samples, same start, hard labels only
+            own = slm.adapter_state(ctx.model)
+            twin = ctx.state.extra.get(HARD_KEY) or {"adapter": own, "optimizer": None}
+            slm.load_adapter_state(ctx.model, twin["adapter"])
+            hard = student_distill(ctx, task.round, pool, steps=steps, distill_weight=0.0, hidden_weight=0.0,
+                                   temperature=p.temperature, tail_bucket=p.tail_bucket,
+                                   optimizer_state=twin["optimizer"] if keep else None, purpose="distildp-hard")
+            metrics["hard_labels/train/loss"] = statistics.fmean(hard.losses) if hard.losses else 0.0
+            if task.evaluate:
+                metrics.update({f"hard_labels/{k}": v for k, v in ctx.evaluate(task).items()})
+            ctx.state.extra[HARD_KEY] = {"adapter": slm.adapter_state(ctx.model),
+                                         "optimizer": hard.optimizer_state if keep else None}
+            slm.load_adapter_state(ctx.model, own)
+        res = student_distill(ctx, task.round, pool, steps=steps, distill_weight=p.distill_weight,
+                              hidden_weight=p.hidden_weight, temperature=p.temperature, tail_bucket=p.tail_bucket,
+                              optimizer_state=ctx.state.optimizer if keep else None, purpose="distildp")
+        ctx.state.optimizer = res.optimizer_state if keep else None
+        ctx.state.steps_trained += steps
+        ctx.state.rounds_trained += 1
+        ctx.trained = True
+        for key, values in (("train/loss", res.losses), ("train/lm_loss", res.lm_losses),
+                            ("train/kd_loss", res.kd_losses), ("train/hidden_loss", res.hidden_losses)):
+            if values:
+                metrics[key] = statistics.fmean(values)
+        if task.evaluate:
+            metrics.update(ctx.evaluate(task))
+        return ctx.egress(task, metrics=metrics, losses=res.losses, examples=res.examples_seen)
+
+
+def _client_of(uid: str | None) -> str | None:
+    """The client in a synthetic sample's uid (synthetic/<client>/r<round>/...)."""
+    parts = (uid or "").split("/")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _share(targets: list[Any]) -> Any:
+    """One copy of the pool for every student task: in the object store under Ray, else the list itself."""
+    import ray
+
+    return ray.put(targets) if ray.is_initialized() else targets
+
+
+def _resolve(pool: Any) -> list[Any] | None:
+    import ray
+
+    return ray.get(pool) if isinstance(pool, ray.ObjectRef) else pool

@@ -1,0 +1,187 @@
+"""DistilDP: its three losses against hand-computed values, sample parsing, the teacher's rows carried into
+the student's tokenisation (same and different tokenizers and widths), and the student's training step."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from estuary.actors import slm
+from estuary.actors.distildp import synthetic_example, teacher_targets
+from estuary.actors.distill import DistillExample, distill_example, distill_steps
+from estuary.data import get_task
+from estuary.data.task import Example
+from estuary.errors import ConfigError
+from estuary.platform.config import load_config
+from estuary.train.objective import hidden_mse_loss, objective
+from tests.conftest import build_tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+E2E = get_task("e2e")
+YELP = get_task("yelp-gen")
+
+
+# ------------------------------------------------------------------------------ the three losses by hand
+
+
+def test_hidden_mse_by_hand_with_projection() -> None:
+    student = torch.tensor([[[1.0, 2.0], [5.0, 5.0]]])  # [B=1, L=2, Ds=2]
+    teacher = torch.tensor([[[1.0, 0.0, 2.0], [9.0, 9.0, 9.0]]])  # [1, 2, Dt=3]
+    proj = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # [Dt, Ds]: (h1, h2, h1 + h2)
+    mask = torch.tensor([[True, False]])  # only position 0 counts
+    loss, n = hidden_mse_loss(student, teacher, mask, proj)
+    # W h = (1, 2, 3); ‖(1,2,3) - (1,0,2)‖² = 0 + 4 + 1 = 5; ‖h_t‖² = 1 + 0 + 4 = 5 → 1.0
+    assert n == 1 and float(loss) == pytest.approx(1.0)
+    loss_eq, _ = hidden_mse_loss(teacher, teacher * 0.5, torch.tensor([[True, True]]))
+    # same width, no projection: Σ(0.5 h)² / Σ(0.5 h)² = 1 (student is twice the teacher)
+    assert float(loss_eq) == pytest.approx(1.0)
+    assert hidden_mse_loss(student, teacher, torch.zeros((1, 2), dtype=torch.bool), proj)[1] == 0
+    with pytest.raises(ValueError, match="give a projection"):
+        hidden_mse_loss(student, teacher, mask)
+
+
+def test_hard_and_soft_labels_by_hand() -> None:
+    # Vocabulary of 3, one sequence of 2 tokens: position 0 predicts token 1 (= id 2).
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[-100, 2]])
+    # Teacher at position 0: p(2) = 0.7, p(1) = 0.2 (top-2), tail 0.1 (id 0).
+    topk_ids = torch.tensor([[[2, 1], [0, 0]]])
+    topk_lps = torch.tensor([[[math.log(0.7), math.log(0.2)], [-math.inf, -math.inf]]])
+    q = torch.softmax(logits[0, 0], -1).tolist()  # student at position 0
+    ce = -math.log(q[2])
+    kl = 0.7 * math.log(0.7 / q[2]) + 0.2 * math.log(0.2 / q[1]) + 0.1 * math.log(0.1 / q[0])
+    parts = objective(logits, labels, topk_ids, topk_lps, distill_weight=0.4)
+    assert float(parts.sft) == pytest.approx(ce, rel=1e-5)
+    assert float(parts.kd) == pytest.approx(kl, rel=1e-5)
+    assert float(parts.loss) == pytest.approx(0.6 * ce + 0.4 * kl, rel=1e-5)
+    hard = objective(logits, labels, topk_ids, topk_lps, distill_weight=0.0)  # the hard-label-only twin
+    assert float(hard.loss) == pytest.approx(ce, rel=1e-5) and hard.kd_positions == 0
+
+
+# ------------------------------------------------------------------------------ samples
+
+
+def test_e2e_samples_parse_into_meaning_representation_and_target() -> None:
+    ex = synthetic_example(E2E, "name[The Eagle], eatType[pub], customer rating[5 out of 5] The Eagle is a pub.", "u")
+    assert ex is not None
+    assert ex.text == "name[The Eagle], eatType[pub], customer rating[5 out of 5]"
+    assert ex.target == " The Eagle is a pub."
+    assert E2E.prompt(ex).startswith("Restaurant attributes: name[The Eagle]")
+    for bad in ("The Eagle is a pub.", "name[The Eagle", "name[The Eagle]"):
+        assert synthetic_example(E2E, bad, "u") is None
+    assert synthetic_example(YELP, "Great tacos, friendly staff.", "u") == Example(
+        text="Great tacos, friendly staff.", uid="u")
+
+
+# ------------------------------------------------------------------------------ teacher rows → student
+
+
+@pytest.fixture(scope="module")
+def student(tiny_model_dir: Path) -> tuple[Any, Any]:
+    model, tok = slm.load_base(str(tiny_model_dir))
+    return slm.attach_lora(model, slm.LoraSpec(r=4, alpha=8, dropout=0.0), seed=0), tok
+
+
+@pytest.fixture(scope="module")
+def wide_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """Another vocabulary (E2E-like words, different ids) and width 48 (the student's is 32)."""
+    words = ["the eagle is a pub near the river", "great food and friendly staff in the city centre",
+             "name eattype pub food english", "the movie was good"]
+    path = build_tiny_model(tmp_path_factory.mktemp("teacher"), words * 3, hidden_size=48)
+    model, tok = slm.load_base(str(path))
+    return slm.attach_lora(model, slm.LoraSpec(r=4, alpha=8, dropout=0.0), seed=1), tok
+
+
+TEXTS = ["the movie was good", "great food and friendly staff"]
+
+
+def test_same_tokenizer_rows_are_the_teachers_at_the_same_tokens(student: tuple[Any, Any]) -> None:
+    model, tok = student
+    examples = [synthetic_example(YELP, t, f"synthetic/c000/r1/0/{i}") for i, t in enumerate(TEXTS)]
+    got = teacher_targets(model, tok, tok, YELP, examples, TEXTS, student_model="s", k=3, max_length=64,
+                          batch_size=2)
+    ids = tok(TEXTS[0])["input_ids"]  # BOS + words
+    t = got[0]
+    # coverage counts one-to-one equal tokens: not BOS (no text) nor "the", which also takes the control prefix
+    assert t.input_ids == ids and t.start == 1 and t.coverage == pytest.approx((len(ids) - 2) / len(ids))
+    assert t.topk_ids[0] == [] and t.topk_ids[-1] == []  # BOS (no text) and the last token (nothing to predict)
+    assert t.hidden_mask == (False, True, True, True, False) and t.hidden.dtype == np.float16
+    # the teacher's own sequence "Label: text\nText: the movie was good": its row after "movie" is ours
+    teacher_ids = tok("Label: text\nText:")["input_ids"] + tok(" the movie was good", add_special_tokens=False)[
+        "input_ids"]
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([teacher_ids]), output_hidden_states=True)
+    at = teacher_ids.index(ids[2])  # "movie"
+    logp = torch.log_softmax(out.logits[0, at].float(), -1)
+    assert t.topk_ids[2] == torch.topk(logp, 3).indices.tolist()
+    assert t.topk_logprobs[2] == pytest.approx(torch.topk(logp, 3).values.tolist(), abs=1e-5)
+    assert t.hidden[2] == pytest.approx(out.hidden_states[-1][0, at].numpy().astype(np.float16), abs=1e-2)
+
+
+def test_other_tokenizer_and_width_map_rows_into_the_students_vocabulary(student: tuple[Any, Any],
+                                                                         wide_teacher: tuple[Any, Any],
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESTUARY_CACHE", str(tmp_path))  # the vocabulary mapping's disk cache
+    s_model, s_tok = student
+    t_model, t_tok = wide_teacher
+    examples = [synthetic_example(YELP, t, f"u{i}") for i, t in enumerate(TEXTS)]
+    got = teacher_targets(t_model, t_tok, s_tok, YELP, examples, TEXTS, student_model="s", k=4, max_length=64,
+                          batch_size=2)
+    vocab = len(s_tok)
+    for t, text in zip(got, TEXTS, strict=True):
+        assert t.input_ids == s_tok(text)["input_ids"] and t.hidden.shape == (len(t.input_ids), 48)
+        learn = [bool(r) for r in t.topk_ids]
+        assert learn == list(t.hidden_mask) and learn[0] is False and learn[-1] is False and any(learn)
+        assert all(0 <= i < vocab for row in t.topk_ids for i in row)
+        assert all(len(set(row)) == len(row) for row in t.topk_ids)  # merged duplicates after mapping
+        assert 0.0 <= t.coverage <= 1.0
+    # the student learns through a projection 32 → 48; the projection and the adapter both move
+    ex = [DistillExample(*_base(t), t.hidden, t.hidden_mask) for t in got]
+    proj = torch.nn.Parameter(torch.randn(48, 32, generator=torch.Generator().manual_seed(0)) / 32**0.5)
+    before, proj0 = slm.adapter_state(s_model), proj.detach().clone()
+    try:
+        res = distill_steps(s_model, s_tok, ex, steps=6, batch_size=2, lr=5e-2, seed=0, distill_weight=0.4,
+                            hidden_weight=1.0, projection=proj)
+        assert len(res.hidden_losses) == 6 and res.hidden_losses[-1] < res.hidden_losses[0]
+        assert res.losses[0] == pytest.approx(0.6 * res.lm_losses[0] + 0.4 * res.kd_losses[0]
+                                              + res.hidden_losses[0], rel=1e-4)
+        assert not torch.equal(proj.detach(), proj0)
+        assert "distill.projection" in res.optimizer_state["param_names"]
+    finally:
+        slm.load_adapter_state(s_model, before)
+
+
+def _base(t: Any) -> tuple[list[int], list[int], list[list[int]], list[list[float]]]:
+    b = distill_example(t.input_ids, t.start, (t.topk_ids, t.topk_logprobs), lm_loss="completion")
+    return b.input_ids, b.labels, b.topk_ids, b.topk_logprobs
+
+
+# ------------------------------------------------------------------------------ job checks
+
+
+def test_distildp_refuses_classification_tasks_and_mixed_students(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("method: distildp\nbaselines: []\ndata: {task: sst2}\n")
+    with pytest.raises(ConfigError, match="data.task 'sst2' is a classification task"):
+        load_config(job)
+    job.write_text("method: distildp\nbaselines: []\ndata: {task: yelp-gen}\nclients: {count: 2}\n"
+                   "models: {client: smollm2-135m, per_client: {1: gemma3-270m}}\n")
+    with pytest.raises(ConfigError, match="one student model"):
+        load_config(job)
+    job.write_text("method: distildp\nbaselines: [dp_standalone]\ndata: {task: e2e}\n"
+                   "method_params: {distill_weight: 0.4, hidden_weight: 0}\n")
+    assert load_config(job).method == "distildp"
+
+
+def test_methods_listing_shows_distildps_own_generator_defaults() -> None:
+    from estuary.platform.registry import describe
+
+    rows = {k: v for k, v, _ in describe("distildp")}
+    assert rows["generator.samples_per_label"] == "64" and rows["generator.max_new_tokens"] == "96"
+    assert rows["distill_weight"] == "0.4"
