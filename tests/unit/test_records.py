@@ -78,3 +78,18 @@ def test_results_table_shows_in_run_variants_as_rows() -> None:
     row = next(ln for ln in lines if "distildp: hard_labels" in ln)
     assert "34.500" in row and "30.000" not in row
     assert lines.index(row) == next(i for i, ln in enumerate(lines) if "│ distildp " in ln) + 1
+
+
+def test_checkpoint_written_in_shards_reads_back_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ck = Checkpointer(tmp_path)
+    states = {f"c{i:03d}": ClientState(f"c{i:03d}", "m", adapter={"w": torch.full((2,), float(i))})
+              for i in range(5)}
+    ids = list(states)
+    chunks = ({c: states[c] for c in ids[i : i + 2]} for i in range(0, 5, 2))  # what snapshot_chunks yields
+    path = ck.save("s", 1, chunks, {}, {})
+    assert sorted(p.name for p in path.glob("clients*.pt")) == ["clients-00000.pt", "clients-00001.pt",
+                                                                 "clients-00002.pt"]
+    loaded, _, _ = ck.load("s", 1)
+    assert list(loaded) == ids and all(torch.equal(loaded[c].adapter["w"], states[c].adapter["w"]) for c in ids)
+    states["c000"].adapter["w"] += 1  # the checkpoint holds its own copy (written to disk, not aliased)
+    assert float(ck.load("s", 1)[0]["c000"].adapter["w"][0]) == 0.0

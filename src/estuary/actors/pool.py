@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,13 @@ class StateStore:
     def snapshot(self) -> dict[str, ClientState]:
         ids = list(self.refs)
         return dict(zip(ids, ray.get([self.refs[i] for i in ids]), strict=True))
+
+    def snapshot_chunks(self, size: int = 64) -> Iterator[dict[str, ClientState]]:
+        """The states `size` clients at a time, so the driver never holds every client's state at once."""
+        ids = list(self.refs)
+        for i in range(0, len(ids), size):
+            chunk = ids[i : i + size]
+            yield dict(zip(chunk, ray.get([self.refs[c] for c in chunk]), strict=True))
 
     def restore(self, states: dict[str, ClientState]) -> None:
         self.refs = {cid: ray.put(s) for cid, s in states.items()}

@@ -1,7 +1,8 @@
 """Round checkpoints: every client's state and the strategy's driver state, after each round.
 
     checkpoints/<strategy>/round-0003/
-        clients.pt       {client id: ClientState fields}  (LoRA adapters, optimizer, privacy ledger)
+        clients-00000.pt {client id: ClientState fields} of up to 64 clients per shard (LoRA adapters,
+        clients-00001.pt  optimizer, privacy ledger); written shard by shard, so the driver holds one at a time
         strategy.json    the strategy's state_dict() and the round's metrics
         COMPLETE         written last: a folder without it is ignored (crash mid-save)
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +33,19 @@ class Checkpointer:
         self,
         strategy: str,
         rnd: int,
-        states: dict[str, ClientState],
+        states: Mapping[str, ClientState] | Iterable[Mapping[str, ClientState]],
         driver_state: dict[str, Any],
         metrics: dict[str, float],
     ) -> Path:
+        """`states`: every client's state, or an iterable of chunks of them (one shard file per chunk)."""
         path = self._dir(strategy, rnd)
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
-        torch.save({cid: dataclasses.asdict(s) for cid, s in states.items()}, path / "clients.pt")
+        chunks = [states] if isinstance(states, Mapping) else states
+        for i, chunk in enumerate(chunks):  # fields as they are: dataclasses.asdict would deep-copy every tensor
+            torch.save({cid: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} for cid, s in chunk.items()},
+                       path / f"clients-{i:05d}.pt")
         meta = {"round": rnd, "strategy_state": driver_state, "metrics": metrics}
         (path / "strategy.json").write_text(json.dumps(meta, default=float))
         (path / "COMPLETE").write_text("ok\n")
@@ -60,7 +66,9 @@ class Checkpointer:
 
     def load(self, strategy: str, rnd: int) -> tuple[dict[str, ClientState], dict[str, Any], dict[str, float]]:
         path = self._dir(strategy, rnd)
-        raw = torch.load(path / "clients.pt", weights_only=False)
-        states = {cid: ClientState(**fields) for cid, fields in raw.items()}
+        states: dict[str, ClientState] = {}
+        for shard in sorted(path.glob("clients*.pt")):  # clients.pt: a checkpoint from before the shards
+            raw = torch.load(shard, weights_only=False)
+            states.update({cid: ClientState(**fields) for cid, fields in raw.items()})
         meta = json.loads((path / "strategy.json").read_text())
         return states, meta["strategy_state"], meta["metrics"]

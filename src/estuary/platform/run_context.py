@@ -227,7 +227,10 @@ class RunContext:
         """client → ε, δ, steps ... from the ledgers in the pool's current client states ({} if no DP ran)."""
         from estuary.privacy.ledger import summarize_states
 
-        return summarize_states(self.pool.states.snapshot()) if self.pool.states.refs else {}
+        out: dict[str, Any] = {}
+        for chunk in self.pool.states.snapshot_chunks():
+            out.update(summarize_states(chunk))
+        return dict(sorted(out.items()))
 
     def end_round(
         self, strategy: Strategy, rnd: int, metrics: dict[str, float], outcome: RoundOutcome, wall_s: float
@@ -248,6 +251,6 @@ class RunContext:
         self.metrics.on_round(strategy.name, rnd, metrics, examples / wall_s if wall_s > 0 else 0.0)
         self.faults.maybe_kill_driver(strategy.name, rnd)  # faults.kill_driver_in_round: before the checkpoint
         self.checkpointer.save(
-            strategy.name, rnd, self.pool.states.snapshot(), strategy.state_dict(), metrics
+            strategy.name, rnd, self.pool.states.snapshot_chunks(), strategy.state_dict(), metrics
         )
         self._last[strategy.name] = metrics
