@@ -8,7 +8,8 @@ Each cell is one real run of jobs/<job>.yaml with privacy.target_epsilon set (in
 a non-private standalone student). In one run: zero-shot, the DP-SGD student (dp_standalone, same ε), the
 DistilDP student and its hard-label-only twin (same teacher, same synthetic text, same start). Prints the mean
 test perplexity of the clients and each one's difference from the DP-SGD student of the same run (negative:
-better than it), and writes bench/results/distildp_ppl.json.
+better than it), and writes bench/results/distildp_ppl.json (cells
+measured before with the same overrides are kept).
 """
 
 from __future__ import annotations
@@ -79,7 +80,20 @@ def main() -> None:
         f = lambda k, c=c: f"{c[k]:.2f}" if k in c else "—"  # noqa: E731
         print(f"{c['job']:<16}{c['epsilon']:>5}  {f('zero_shot'):>10} {f('dp_standalone'):>10} "
               f"{f('hard_labels'):>10} {f('distildp'):>10} {f('distildp_minus_dp_standalone'):>12}")
-    write_result("distildp_ppl", {"jobs": args.jobs, "overrides": args.set, "cells": cells})
+    write_result("distildp_ppl", {"overrides": args.set, "cells": merged(cells, args.set)})
+
+
+def merged(cells: list[dict[str, Any]], overrides: list[str]) -> list[dict[str, Any]]:
+    """This run's cells plus the recorded ones it did not measure again (same overrides), so cells measured
+    in separate invocations end up in one file."""
+    from bench.common import RESULTS
+
+    path = RESULTS / "distildp_ppl.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old.get("overrides", []) != overrides:
+        return cells
+    done = {(c["job"], c["epsilon"]) for c in cells}
+    return [c for c in old.get("cells", []) if (c["job"], c["epsilon"]) not in done] + cells
 
 
 if __name__ == "__main__":
