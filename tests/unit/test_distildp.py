@@ -185,3 +185,28 @@ def test_methods_listing_shows_distildps_own_generator_defaults() -> None:
     rows = {k: v for k, v, _ in describe("distildp")}
     assert rows["generator.samples_per_label"] == "64" and rows["generator.max_new_tokens"] == "96"
     assert rows["distill_weight"] == "0.4"
+
+
+def test_teach_with_privacy_off_reports_non_private_not_infinite_epsilon(tmp_path: Path,
+                                                                         tiny_model_dir: Path) -> None:
+    """privacy.target_epsilon: null (the non-private teacher of the claim's comparison): the round summary must
+    not see ε = ∞ as a metric (statistics.pstdev of infinities raised at the end of a finished round)."""
+    from estuary.actors.worker import ClientWorker
+    from estuary.platform.registry import build_params, get
+    from estuary.platform.strategy import summarize_metrics
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, tiny_model_dir, method="distildp", baselines=[], rounds=1, clients={"count": 2},
+                   data={"task": "yelp-gen", "partition": "iid", "train_size": 40, "test_size": 8,
+                         "client_eval_max": 4},
+                   training={"steps": 2, "batch_size": 4, "max_length": 48}, privacy={"target_epsilon": None},
+                   method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": 48, "samples_per_label": 3,
+                                                "max_new_tokens": 12, "min_words": 1}, "topk": 4})
+    cfg = load_config(base=job)
+    worker = ClientWorker(cfg.model_dump_json(), {str(tiny_model_dir): str(tiny_model_dir)}, "w", 1)
+    strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))
+    sent = {t.client_id: ClientWorker.run_task(worker, type(strategy), t, None)[0]
+            for t in strategy.configure_round(1, strategy.client_ids())}
+    summary = summarize_metrics(sent)
+    assert summary["privacy/non_private/mean"] == 1.0 and "privacy/epsilon/mean" not in summary
+    assert all(math.isfinite(v) for v in summary.values())

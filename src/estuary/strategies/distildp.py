@@ -32,6 +32,7 @@ from estuary.errors import ConfigError
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.privacy.strategies import privacy_metrics
 from estuary.strategies.distildp_config import DistilDPConfig
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class DistilDP(Strategy):
 
         p: DistilDPConfig = self.params
         res = ctx.dp_synthesize(task.round, p.generator)
-        metrics = {"privacy/epsilon": res.epsilon, "synthetic/refused": float(res.refused)}
+        metrics = {**privacy_metrics(res.epsilon, res.refused), "synthetic/refused": float(res.refused)}
         metrics.update({f"synthetic/{k}": float(v) for k, v in res.stats.items()})
         if res.training is not None:
             losses = [x for x in res.training.losses if not math.isnan(x)]

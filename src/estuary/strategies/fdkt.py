@@ -26,6 +26,7 @@ from estuary.data.task import Example
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.privacy.strategies import privacy_metrics
 from estuary.strategies.fdkt_config import FDKTConfig
 from estuary.strategies.transfer import train_on_transfer
 
@@ -59,8 +60,8 @@ class FDKT(Strategy):
         p: FDKTConfig = self.params
         if task.kind == "synthesize":
             res = ctx.dp_synthesize(task.round, p.generator)
-            metrics = {"privacy/epsilon": res.epsilon, "synthetic/kept": float(len(res.examples)),
-                       "synthetic/refused": float(res.refused)}
+            metrics = {**privacy_metrics(res.epsilon, res.refused), "synthetic/kept": float(len(res.examples)),
+                       "synthetic/refused": float(res.refused)}  # ε = ∞ (DP off) is privacy/non_private
             metrics.update({f"synthetic/{k}": float(v) for k, v in res.stats.items() if k != "kept"})
             payload = {"refusal": res.refusal} if res.refused else {}
             return ctx.egress(task, metrics=metrics, synthetic=list(res.examples), payload=payload)
