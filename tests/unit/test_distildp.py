@@ -210,3 +210,10 @@ def test_teach_with_privacy_off_reports_non_private_not_infinite_epsilon(tmp_pat
     summary = summarize_metrics(sent)
     assert summary["privacy/non_private/mean"] == 1.0 and "privacy/epsilon/mean" not in summary
     assert all(math.isfinite(v) for v in summary.values())
+
+
+def test_egress_refuses_infinite_metrics_in_one_line() -> None:
+    from estuary.actors.egress import Egress
+
+    with pytest.raises(ValueError, match="metric 'privacy/epsilon' is not a finite number"):
+        Egress("c000", 1, "s", metrics={"privacy/epsilon": math.inf})

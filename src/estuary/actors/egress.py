@@ -33,7 +33,7 @@ class Egress:
 
     def __post_init__(self) -> None:
         for k, v in self.metrics.items():
-            if not isinstance(v, (int, float)) or math.isnan(float(v)):
+            if not isinstance(v, (int, float)) or not math.isfinite(float(v)):  # NaN or ±inf: no summary of it
                 raise ValueError(f"client {self.client_id}: metric {k!r} is not a finite number ({v!r})")
         if self.synthetic and not any(e.op == "release" for e in self.privacy):
             raise ValueError(
