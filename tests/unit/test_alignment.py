@@ -85,3 +85,17 @@ def test_teacher_selection() -> None:
     assert teacher_weights({"a": math.inf, "b": 5.0}) == {"a": 0.0, "b": 1.0}
     with pytest.raises(ValueError, match="no candidate"):
         teacher_weights({})
+
+
+def test_token_texts_and_fingerprint_computed_once_per_tokenizer(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from estuary.knowledge.alignment import _fingerprint, same_vocabulary, token_texts
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    first = token_texts(tok)
+    assert token_texts(tok) is first and len(first) == len(tok)
+    assert _fingerprint(tok) == _fingerprint(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    tok.add_tokens(["zzqx"])  # a changed vocabulary is read again
+    assert token_texts(tok) is not first and token_texts(tok)[-1] == "zzqx"
+    assert not same_vocabulary(tok, AutoTokenizer.from_pretrained(str(tiny_model_dir)))

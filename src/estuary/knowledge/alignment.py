@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,26 @@ def _strip(text: str) -> str:
     return stripped if stripped else text
 
 
+# Per tokenizer object (a worker keeps its tokenizers for its life): decoding or sorting a 150k vocabulary
+# costs seconds, and a pooled worker serves many clients. Keyed also by the vocabulary size (added tokens).
+_TEXTS: weakref.WeakKeyDictionary[Any, tuple[int, list[str]]] = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+
 def token_texts(tokenizer: Any) -> list[str]:
     """The text of every id in the tokenizer's vocabulary (added tokens included), indexed by id: the
-    tokenizer's own decoding of the single token (byte-level and byte-fallback tokens decoded), stripped."""
+    tokenizer's own decoding of the single token (byte-level and byte-fallback tokens decoded), stripped.
+    Computed once per tokenizer object (callers must not mutate the list)."""
+    size = len(tokenizer)
+    hit = _TEXTS.get(tokenizer)
+    if hit is not None and hit[0] == size:
+        return hit[1]
+    out = _token_texts(tokenizer)
+    _TEXTS[tokenizer] = (size, out)
+    return out
+
+
+def _token_texts(tokenizer: Any) -> list[str]:
     vocab = tokenizer.get_vocab()
     out = [""] * (max(vocab.values()) + 1)
     for token, idx in vocab.items():
@@ -97,8 +115,14 @@ def vocab_mapping(src: Sequence[str], dst: Sequence[str]) -> VocabMapping:
 
 
 def _fingerprint(tokenizer: Any) -> str:
+    size = len(tokenizer)
+    hit = _FINGERPRINTS.get(tokenizer)
+    if hit is not None and hit[0] == size:
+        return hit[1]
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256("\x00".join(t for t, _ in vocab).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    digest = hashlib.sha256("\x00".join(t for t, _ in vocab).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    _FINGERPRINTS[tokenizer] = (size, digest)
+    return digest
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:
