@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from estuary.cli import main
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_ports
 
 pytestmark = pytest.mark.ray
 
@@ -41,7 +41,7 @@ def ray_head() -> Iterator[str]:
     from estuary.data import find_data_root
 
     tmp = tempfile.mkdtemp(prefix="estjob-", dir="/tmp")
-    ports = {flag: free_port() for flag in PORT_FLAGS}
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "ESTUARY_DATA": str(find_data_root()),
            "PYTHONPATH": f"{REPO / 'src'}", "RAY_USAGE_STATS_ENABLED": "0"}
