@@ -57,16 +57,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from estuary.platform.records import Recorder, open_run_dir
-    from estuary.platform.report import draw_plots, results_table
+    from estuary.platform.report import draw_plots, phases_table, results_table
 
-    summaries = []
+    runs = []
     for d in args.run_dirs:
         path = open_run_dir(d)
-        summaries.append(Recorder(path).summary())
+        runs.append((Recorder(path).summary(), Recorder(path).rounds()))
         if not args.no_plots:
             for p in draw_plots(path):
                 console.print(f"plot: {p}")
-    _console(stderr=False).print(results_table(*summaries))
+    out = _console(stderr=False)
+    out.print(results_table(*(s for s, _ in runs)))
+    phases = phases_table(runs)
+    if phases is not None:
+        out.print(phases)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from estuary.actors.pool import worker_capacity
@@ -93,3 +95,50 @@ def test_checkpoint_written_in_shards_reads_back_whole(tmp_path) -> None:  # typ
     assert list(loaded) == ids and all(torch.equal(loaded[c].adapter["w"], states[c].adapter["w"]) for c in ids)
     states["c000"].adapter["w"] += 1  # the checkpoint holds its own copy (written to disk, not aliased)
     assert float(ck.load("s", 1)[0]["c000"].adapter["w"][0]) == 0.0
+
+
+def test_results_table_one_row_per_privacy_target_and_baselines_once_per_seed() -> None:
+    def s(seed: int, eps: float, acc: float) -> dict:
+        return {
+            "name": "f", "task": "sst2", "clients": 4, "run_id": f"r{seed}{eps}", "seed": seed,
+            "privacy_config": {"target_epsilon": eps, "enabled": True},
+            "privacy": {"fdkt": {"c000": {"epsilon": eps * 0.99}}},
+            "strategies": {"fdkt": {"complete": True, "wall_s": 3, "metrics": {"client/test/accuracy/mean": acc}},
+                           "standalone": {"complete": True, "wall_s": 1,
+                                          "metrics": {"client/test/accuracy/mean": 0.5 + seed / 10}}},
+        }
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(results_table(s(0, 1, 0.6), s(1, 1, 0.8), s(0, 8, 0.9), s(1, 8, 0.7)))
+    lines = console.export_text().splitlines()
+    row = {k: next(ln for ln in lines if k in ln) for k in ("fdkt @ ε=1", "fdkt @ ε=8", "standalone")}
+    assert "0.700 ± 0.141" in row["fdkt @ ε=1"] and "0.99" in row["fdkt @ ε=1"]
+    assert "0.800 ± 0.141" in row["fdkt @ ε=8"] and "7.92" in row["fdkt @ ε=8"]
+    # the standalone baseline ran beside both targets with seeds 0 and 1: counted once per seed
+    assert "0.550 ± 0.071" in row["standalone"] and row["standalone"].split("│")[-3].strip() == "2"
+
+
+def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from estuary.platform.report import draw_plots, phases_table
+
+    rounds = [{"strategy": "crosslm", "round": r, "phases_s": {"prepare": 2.0, "clients": 5.0, "server": 7.0},
+               "metrics": {"client/test/accuracy/mean": 0.6, "client/test/accuracy/min": 0.5,
+                           "client/test/accuracy/max": 0.7, "server/llm/test/accuracy": 0.7 + r / 100,
+                           **({"server/llm_start/test/accuracy": 0.69} if r == 1 else {})}}
+              for r in (1, 2)]
+    rec = Recorder(tmp_path)
+    for r in rounds:
+        rec.write_round(r)
+    rec.write_summary({"task_kind": "classification"})
+    table = phases_table([({"name": "x"}, rounds), ({"name": "x"}, rounds[:1])])
+    assert table is not None
+    console = Console(record=True, width=200)
+    console.print(table)
+    row = next(ln for ln in console.export_text().splitlines() if "crosslm" in ln)
+    assert [c.strip() for c in row.split("│")[2:5]] == ["3.0", "7.5", "10.5"]  # (4+2)/2, (10+5)/2, (14+7)/2
+    assert phases_table([({"name": "x"}, [{"strategy": "s", "round": 1, "metrics": {}}])]) is None
+    (plot,) = draw_plots(tmp_path)
+    assert plot.exists() and plot.stat().st_size > 0

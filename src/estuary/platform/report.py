@@ -18,6 +18,7 @@ CLASSIFICATION_COLUMNS = [
     ("SLM test F1", "client/test/macro_f1/mean"),
     ("LLM test acc", "server/llm/test/accuracy|server/test/accuracy"),
 ]
+LLM_SERIES = ["server/llm/test/accuracy", "server/llm/test/perplexity", "server/llm/general/perplexity"]
 GENERATION_COLUMNS = [
     ("SLM own-eval PPL", "client/eval/perplexity/mean"),
     ("SLM test PPL", "client/test/perplexity/mean"),
@@ -52,44 +53,100 @@ def _fmt(values: list[float], spread: list[float] | None = None) -> str:
     return f"{mean:.3f}"
 
 
+def _target(summary: dict[str, Any]) -> str:
+    """The privacy setting a run asked for: "ε=3", "σ=1.1" (a fixed noise multiplier) or "ε=∞" (disabled)."""
+    cfg = summary.get("privacy_config") or {}
+    if not cfg.get("enabled", True):
+        return "ε=∞"
+    if cfg.get("target_epsilon") is not None:
+        return f"ε={float(cfg['target_epsilon']):g}"
+    return f"σ={cfg['noise_multiplier']:g}" if cfg.get("noise_multiplier") is not None else "ε=?"
+
+
+def _groups(summaries: tuple[dict[str, Any], ...]) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Row label → (summary, strategy entry) per run. A DP strategy run at several privacy targets gets one row
+    per target (`fdkt @ ε=3`); a strategy repeated for the same seed (a baseline recomputed beside each ε) is
+    counted once, so ± is over seeds."""
+    several = len({_target(s) for s in summaries}) > 1
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    seen: set[tuple[str, Any]] = set()
+    for i, s in enumerate(summaries):
+        for name, entry in s.get("strategies", {}).items():
+            label = _label(s, name, several)
+            seed = (label, s.get("seed", f"run{i}"))
+            if seed in seen:
+                continue
+            seen.add(seed)
+            groups.setdefault(label, []).append((s, entry))
+    return groups
+
+
+def _label(summary: dict[str, Any], name: str, several_targets: bool) -> str:
+    return f"{name} @ {_target(summary)}" if several_targets and name in summary.get("privacy", {}) else name
+
+
+def phases_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
+    """Wall seconds per round phase (prepare, clients, server, followup, evaluate), summed over a run's rounds,
+    mean over runs; from each round record's `phases_s`."""
+    several = len({_target(s) for s, _ in runs}) > 1
+    per_label: dict[str, list[dict[str, float]]] = {}
+    for summary, rounds in runs:
+        totals: dict[str, dict[str, float]] = {}
+        for r in rounds:
+            for phase, sec in (r.get("phases_s") or {}).items():
+                row = totals.setdefault(_label(summary, r["strategy"], several), {})
+                row[phase] = row.get(phase, 0.0) + sec
+        for label, row in totals.items():
+            per_label.setdefault(label, []).append(row)
+    phases = [p for p in ("prepare", "clients", "server", "followup", "evaluate")
+              if any(p in row for rows in per_label.values() for row in rows)]
+    if not phases:
+        return None
+    table = Table(title="wall s per phase (sum over rounds; mean over runs)")
+    table.add_column("strategy")
+    for p in phases:
+        table.add_column(p, justify="right")
+    for label, rows in per_label.items():
+        table.add_row(label, *(f"{statistics.fmean(r.get(p, 0.0) for r in rows):.1f}" for p in phases))
+    return table
+
+
 def results_table(*summaries: dict[str, Any]) -> Table:
-    """One row per strategy; with several runs (seeds), cells are mean ± std across runs."""
+    """One row per strategy (per privacy target); with several runs (seeds), cells are mean ± std across runs."""
     first = summaries[0]
     kind = first.get("task_kind", "classification")
+    groups = _groups(summaries)
+    runs = max((len(g) for g in groups.values()), default=1)
     title = f"{first.get('name')} — {first.get('task')}, {first.get('clients')} clients"
     title += f", {len(summaries)} runs" if len(summaries) > 1 else f", run {first.get('run_id')}"
-    caption = "± std across runs" if len(summaries) > 1 else "± std across clients"
+    caption = "± std across runs (seeds)" if runs > 1 else "± std across clients"
     table = Table(title=title, caption=caption)
     table.add_column("strategy")
     cols = _columns(kind)
     for col, _ in cols:
         table.add_column(col, justify="right")
     table.add_column("ε (max)", justify="right")
+    table.add_column("n", justify="right")
     table.add_column("wall s", justify="right")
-    names: list[str] = []
-    for s in summaries:
-        names += [n for n in s.get("strategies", {}) if n not in names]
-    rows = [(name, "") for name in names]
-    for name in names:  # a strategy's in-run variants, e.g. DistilDP's hard-label twin (client/hard_labels/...)
-        metrics = [s["strategies"][name].get("metrics", {}) for s in summaries if name in s.get("strategies", {})]
-        rows[rows.index((name, "")) + 1:rows.index((name, "")) + 1] = [(name, v) for v in _variants(metrics, cols)]
-    for name, variant in rows:
-        entries = [s["strategies"][name] for s in summaries if name in s.get("strategies", {})]
-        if variant:
-            entries = [{**e, "metrics": _variant_metrics(e.get("metrics", {}), variant)} for e in entries]
-        cells = []
-        for _, spec in cols:
-            keys = [_pick(e.get("metrics", {}), spec) for e in entries]
-            vals = [e["metrics"][k] for e, k in zip(entries, keys, strict=True) if k]
-            spread = [e["metrics"][k.replace("/mean", "/std")] for e, k in zip(entries, keys, strict=True)
-                      if k and k.endswith("/mean") and k.replace("/mean", "/std") in e["metrics"]]
-            cells.append(_fmt(vals, spread))
-        eps = [x for x in (_epsilon(s, name) for s in summaries) if x is not None]
-        cells.append(("∞" if any(math.isinf(x) for x in eps) else f"{max(eps):.2f}") if eps else "—")
-        wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
-        label = (f"  {name}: {variant}" if variant else name) + (
-            "" if all(e.get("complete") for e in entries) else " (incomplete)")
-        table.add_row(label, *cells, "" if variant else f"{wall:.0f}")
+    for label, members in groups.items():
+        name = label.split(" @ ")[0]
+        variants = _variants([e.get("metrics", {}) for _, e in members], cols)
+        for variant in ["", *variants]:  # a strategy's in-run variants, e.g. DistilDP's hard-label twin
+            entries = [e if not variant else {**e, "metrics": _variant_metrics(e.get("metrics", {}), variant)}
+                       for _, e in members]
+            cells = []
+            for _, spec in cols:
+                keys = [_pick(e.get("metrics", {}), spec) for e in entries]
+                vals = [e["metrics"][k] for e, k in zip(entries, keys, strict=True) if k]
+                spread = [e["metrics"][k.replace("/mean", "/std")] for e, k in zip(entries, keys, strict=True)
+                          if k and k.endswith("/mean") and k.replace("/mean", "/std") in e["metrics"]]
+                cells.append(_fmt(vals, spread))
+            eps = [x for x in (_epsilon(s, name) for s, _ in members) if x is not None]
+            cells.append(("∞" if any(math.isinf(x) for x in eps) else f"{max(eps):.2f}") if eps else "—")
+            wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
+            text = (f"  {name}: {variant}" if variant else label) + (
+                "" if all(e.get("complete") for e in entries) else " (incomplete)")
+            table.add_row(text, *cells, str(len(entries)), "" if variant else f"{wall:.0f}")
     return table
 
 
@@ -121,6 +178,8 @@ def draw_plots(run_dir: Path) -> list[Path]:
     kind = rec.summary().get("task_kind", "classification")
     keys = ["client/train/loss"] + [k.removesuffix("/mean") for _, k in _columns(kind) if k.startswith("client/")]
     keys = [k for k in keys if any(f"{k}/mean" in r["metrics"] for r in rounds)]
+    # the server LLM's own series (CrossLM, FedMKT): round 0 is the LLM before any transfer (llm_start)
+    keys += [k for k in LLM_SERIES if any(k in r["metrics"] for r in rounds)]
     if not keys:
         return []
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
@@ -129,6 +188,13 @@ def draw_plots(run_dir: Path) -> list[Path]:
         by_strategy.setdefault(r["strategy"], []).append(r)
     for ax, key in zip(axes[0], keys, strict=True):
         for name, rows in by_strategy.items():
+            if key in LLM_SERIES:
+                start = key.replace("server/llm/", "server/llm_start/")
+                series = [(r["round"], r["metrics"][key]) for r in rows if key in r["metrics"]]
+                if series:
+                    pts = [(0, r["metrics"][start]) for r in rows if start in r["metrics"]][:1] + series
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="s", label=name)
+                continue
             rows = [r for r in rows if f"{key}/mean" in r["metrics"]]
             if not rows:
                 continue
@@ -138,7 +204,7 @@ def draw_plots(run_dir: Path) -> list[Path]:
             hi = [r["metrics"][f"{key}/max"] for r in rows]
             (line,) = ax.plot(xs, mean, marker="o", label=name)
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-        ax.set_title(key.removeprefix("client/"))
+        ax.set_title(key.removeprefix("client/").replace("server/llm/", "LLM "))
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

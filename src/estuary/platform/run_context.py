@@ -233,7 +233,8 @@ class RunContext:
         return dict(sorted(out.items()))
 
     def end_round(
-        self, strategy: Strategy, rnd: int, metrics: dict[str, float], outcome: RoundOutcome, wall_s: float
+        self, strategy: Strategy, rnd: int, metrics: dict[str, float], outcome: RoundOutcome, wall_s: float,
+        phases_s: dict[str, float] | None = None,
     ) -> None:
         examples = sum(eg.examples for eg in outcome.results.values())
         row = {
@@ -244,6 +245,7 @@ class RunContext:
             "clients_late": len(outcome.late),
             "task_attempts": outcome.attempts,
             "wall_s": round(wall_s, 3),
+            "phases_s": phases_s or {},
             "examples": examples,
             "metrics": metrics,
         }

@@ -155,14 +155,34 @@ class Strategy(ABC):
         final: dict[str, float] = ctx.last_metrics(self)
         for rnd in range(start, self.num_rounds() + 1):
             t0 = time.perf_counter()
+            clock = PhaseClock()
             server_metrics = self.prepare_round(rnd, ctx.server)
+            clock.lap("prepare")
             tasks = self.configure_round(rnd, self.select_clients(rnd, self.client_ids()))
             outcome = ctx.run_tasks(self, rnd, tasks)
+            clock.lap("clients")
             agg = self.aggregate(rnd, outcome)
             server_metrics = {**server_metrics, **self.server_step(rnd, agg, ctx.server)}
+            clock.lap("server")
             followup = self.configure_followup(rnd, outcome)
             if followup:
                 outcome = outcome.then(ctx.run_tasks(self, rnd, followup))
+                clock.lap("followup")
             final = self.evaluate(rnd, outcome, server_metrics)
-            ctx.end_round(self, rnd, final, outcome, time.perf_counter() - t0)
+            clock.lap("evaluate")
+            ctx.end_round(self, rnd, final, outcome, time.perf_counter() - t0, clock.laps)
         return final
+
+
+class PhaseClock:
+    """Wall seconds of each phase of a round (recorded beside the metrics, not in them: timings never match
+    between a resumed and an uninterrupted run)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(now - self._t, 3)
+        self._t = now

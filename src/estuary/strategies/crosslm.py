@@ -19,7 +19,6 @@ model outputs; nothing private).
 from __future__ import annotations
 
 import statistics
-import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from estuary.actors.context import derive_seed
@@ -30,6 +29,7 @@ from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
 from estuary.strategies.crosslm_config import CrossLMConfig
 from estuary.strategies.fdkt import example_row
+from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
 from estuary.strategies.transfer import train_on_transfer
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class CrossLM(Strategy):
                            for i, ex in enumerate(cleaned.kept)]
         metrics.update({f"generate/{k}": float(v) for k, v in stats.items()})
         metrics.update({f"generate/filter/{k}": float(v) for k, v in cleaned.stats.items()})
-        metrics["generate/adapter_version"] = float(_version_number(self.version))
+        metrics["generate/adapter_version"] = float(version_number(self.version))
         return metrics
 
     def _embed(self) -> Any:
@@ -125,7 +125,7 @@ class CrossLM(Strategy):
             version, train_metrics = self._train_llm(rnd, server)
             self.version = version
             metrics.update({f"llm_train/{k}": v for k, v in train_metrics.items()})
-        metrics["llm/adapter_version"] = float(_version_number(self.version))
+        metrics["llm/adapter_version"] = float(version_number(self.version))
         metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
         return metrics
 
@@ -133,35 +133,22 @@ class CrossLM(Strategy):
         """Fine-tune a fresh LoRA adapter of the served LLM on every sample selected so far (prompt →
         sample, loss on the sample), with Ray Train + DeepSpeed; publish it as the next version."""
         from estuary.knowledge.prompts import generation_prompt
-        from estuary.train import train_and_publish
 
         p: CrossLMConfig = self.params
         records = [{"prompt": generation_prompt(server.task, int(label)), "completion": f" {text}\n"}
                    for text, label in self._pool]
         config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
-        outcome, version = train_and_publish(
-            records, config, server.llm, adapter_name=p.adapter_name,
-            name=f"{self.name}-r{rnd}-{time.strftime('%H%M%S')}",
-            storage_path=server.run_dir / "llm_train" if server.run_dir else None)
-        losses = outcome.losses
-        server.log(f"[dim]crosslm round {rnd}: LLM trained on {len(records)} samples, loss {losses[0]:.3f} → "
-                   f"{losses[-1]:.3f}; published {version.id}[/dim]")
-        return version.id, {"examples": float(len(records)), "loss_first": losses[0], "loss_last": losses[-1],
-                            "fit_s": outcome.fit_seconds, "startup_s": outcome.startup_seconds,
-                            "tokens_per_s": outcome.tokens_per_second}
+        return train_server_adapter(self, rnd, server, records, config, what="trained")
 
     def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
-        from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
+        from estuary.knowledge.llm_eval import llm_perplexity
 
         p: CrossLMConfig = self.params
-        out: dict[str, float] = {}
-        if p.llm_eval_size:
-            res = llm_classify(server.llm, server.task, list(server.test)[: p.llm_eval_size], adapter=version)
-            out.update({f"test/{k}": v for k, v in res.items() if k != "n"})
+        out = evaluate_served_llm(server, version, p.llm_eval_size)
         if p.general_size:
             out.update({f"general/{k}": v for k, v in
                         llm_perplexity(server.llm, _general_texts(p.general_task, p.general_size, self.exp.seed,
-                                                      self.exp.data.root),
+                                                                  self.exp.data.root),
                                        adapter=version).items()})
         return out
 
@@ -194,6 +181,3 @@ def _general_texts(task_name: str, size: int, seed: int, root: Any) -> list[str]
     test = load_splits(task_name, root=Path(root) if root else None, seed=seed).test
     return [(ex.target or ex.text) for ex in test[:size]]
 
-
-def _version_number(version: str | None) -> int:
-    return int(version.rsplit("@v", 1)[1]) if version and "@v" in version else 0

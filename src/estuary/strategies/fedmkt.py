@@ -37,7 +37,6 @@ from estuary.data.task import Example
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
-from estuary.strategies.crosslm import _version_number
 from estuary.strategies.fedmkt_config import FedMKTConfig
 from estuary.strategies.fedmkt_knowledge import (
     LLM,
@@ -47,6 +46,7 @@ from estuary.strategies.fedmkt_knowledge import (
     check_client_knowledge,
     mutual_exchange,
 )
+from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
 
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
@@ -163,7 +163,7 @@ class FedMKT(Strategy):
             metrics.update({f"llm_train/{k}": v for k, v in train_metrics.items()})
         elif p.train_llm:
             server.log(f"[yellow]fedmkt round {rnd}: no client knowledge accepted; the LLM is not trained[/yellow]")
-        metrics["llm/adapter_version"] = float(_version_number(self.version))
+        metrics["llm/adapter_version"] = float(version_number(self.version))
         metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
         return metrics
 
@@ -171,35 +171,14 @@ class FedMKT(Strategy):
                    records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
         """Distil a LoRA adapter of the served LLM on this round's records (Ray Train + DeepSpeed) and publish
         it as the next version."""
-        from estuary.train import train_and_publish
-
         p: FedMKTConfig = self.params
         config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
         config["objective"] = {"distill_weight": p.distill_weight, "temperature": p.temperature,
                                "tail_bucket": p.tail_bucket, **p.llm_train.get("objective", {})}
-        outcome, version = train_and_publish(
-            records, config, server.llm, adapter_name=p.adapter_name,
-            name=f"{self.name}-r{rnd}-{time.strftime('%H%M%S')}",
-            storage_path=server.run_dir / "llm_train" if server.run_dir else None)
-        losses = outcome.losses
-        server.log(f"[dim]fedmkt round {rnd}: LLM distilled on {len(records)} public samples, loss "
-                   f"{losses[0]:.3f} → {losses[-1]:.3f}; published {version.id}[/dim]")
-        return version.id, {"records": float(len(records)), "loss_first": losses[0], "loss_last": losses[-1],
-                            "fit_s": outcome.fit_seconds, "startup_s": outcome.startup_seconds}
+        return train_server_adapter(self, rnd, server, records, config, what="distilled")
 
     def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
-        from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
-
-        n = self.params.llm_eval_size
-        if not n:
-            return {}
-        test = list(server.test)[:n]
-        if server.task.kind == "classification":
-            res = llm_classify(server.llm, server.task, test, adapter=version)
-        else:
-            res = llm_perplexity(server.llm, [server.task.prompt(ex) + server.task.completion(ex) for ex in test],
-                                 adapter=version)
-        return {f"test/{k}": v for k, v in res.items() if k != "n"}
+        return evaluate_served_llm(server, version, self.params.llm_eval_size)
 
     def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
         ev = self.should_evaluate(rnd)

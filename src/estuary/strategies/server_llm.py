@@ -1,0 +1,51 @@
+"""The served LLM's side of the mutual methods (CrossLM, FedMKT): train a LoRA adapter of it on what the
+clients sent (Ray Train + DeepSpeed), publish it live as the next version, and evaluate any version through
+the deployment."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from estuary.platform.run_context import ServerContext
+    from estuary.platform.strategy import Strategy
+
+
+def train_server_adapter(strategy: Strategy, rnd: int, server: ServerContext, records: list[dict[str, Any]],
+                         config: dict[str, Any], what: str) -> tuple[str, dict[str, float]]:
+    """Fine-tune the served model's adapter `strategy.params.adapter_name` on `records` with `config` (a
+    TrainConfig mapping) and publish it; returns the new version id and the training metrics."""
+    from estuary.train import train_and_publish
+
+    outcome, version = train_and_publish(
+        records, config, server.llm, adapter_name=strategy.params.adapter_name,
+        name=f"{strategy.name}-r{rnd}-{time.strftime('%H%M%S')}",
+        storage_path=server.run_dir / "llm_train" if server.run_dir else None)
+    losses = outcome.losses
+    server.log(f"[dim]{strategy.name} round {rnd}: LLM {what} on {len(records)} samples, loss {losses[0]:.3f} → "
+               f"{losses[-1]:.3f}; published {version.id}[/dim]")
+    return version.id, {"records": float(len(records)), "loss_first": losses[0], "loss_last": losses[-1],
+                        "fit_s": outcome.fit_seconds, "startup_s": outcome.startup_seconds,
+                        "tokens_per_s": outcome.tokens_per_second}
+
+
+def evaluate_served_llm(server: ServerContext, version: str | None, n: int) -> dict[str, float]:
+    """The served LLM (`version` of the adapter, None: the base model) on the first `n` test examples:
+    accuracy for a classification task, perplexity of prompt + completion for a generation task."""
+    from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
+
+    if not n:
+        return {}
+    test = list(server.test)[:n]
+    if server.task.kind == "classification":
+        res = llm_classify(server.llm, server.task, test, adapter=version)
+    else:
+        res = llm_perplexity(server.llm, [server.task.prompt(ex) + server.task.completion(ex) for ex in test],
+                             adapter=version)
+    return {f"test/{k}": v for k, v in res.items() if k != "n"}
+
+
+def version_number(version: str | None) -> int:
+    """`name@v3` → 3; the base model (None) → 0."""
+    return int(version.rsplit("@v", 1)[1]) if version and "@v" in version else 0
