@@ -81,11 +81,17 @@ def _private_train(job: dict[str, Any]) -> list[Any]:
 
 
 def test_llm_judge_on_served_model(llm: Any) -> None:
-    """The judge prompt through the served instruct model gives parseable verdicts, cluster by cluster."""
+    """Both judges through the served model: classify gets the clear clusters right; the ask prompt gives
+    parseable verdicts, cluster by cluster."""
     from estuary.data.datasets import get_task
     from estuary.knowledge import llm_judge
 
-    judge = llm_judge(llm, get_task("sst2"))
+    clusters = [(1, ["a wonderful, moving film with a brilliant cast", "one of the best movies this year"]),
+                (0, ["a dull, lifeless mess", "boring and far too long"]),
+                (1, ["the worst film i have ever seen, a total waste of time"])]
+    verdicts = llm_judge(llm, get_task("sst2"))(clusters)  # classify: the served model labels every text
+    assert [v for v, _ in verdicts] == [True, True, False], verdicts
+    judge = llm_judge(llm, get_task("sst2"), mode="ask")
     verdicts = judge([(1, ["a wonderful, moving film with a brilliant cast", "one of the best movies this year"]),
                       (0, ["a dull, lifeless mess", "boring and far too long"]),
                       (1, ["the worst film i have ever seen, a total waste of time"])])

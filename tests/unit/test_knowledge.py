@@ -99,5 +99,34 @@ def test_augment_and_judge_plumbing() -> None:
     assert stats == {"prompts": 6, "generated": 12, "malformed": 6}
     assert len(out) == 6 and {e.label for e in out} == {0, 1} and out[0].text == "a brand new sample text"
     assert llm.calls[0][1].stop == ("\n",) and llm.calls[0][1].n == 2
-    judge = llm_judge(FakeLLM(["Yes", "no.", "perhaps"]), SST2)
+    judge = llm_judge(FakeLLM(["Yes", "no.", "perhaps"]), SST2, mode="ask")
     assert [v for v, _ in judge([(0, ["a"]), (1, ["b"]), (1, ["c"])])] == [True, False, None]
+
+
+class ScoringLLM:
+    """topk_logprobs stand-in: a text ending in a label word scores 0 if the text mentions that word's
+    sentiment cue ("good" → positive, "bad" → negative), -5 otherwise (one token per word)."""
+
+    def topk_logprobs(self, texts: list[str], k: int, adapter: str | None = None) -> Any:
+        from types import SimpleNamespace
+
+        items = []
+        for t in texts:
+            words = t.split()
+            lps: list[float | None] = [None] + [0.0] * (len(words) - 1)
+            last = words[-1]
+            if last in ("negative", "positive"):
+                cue = "good" if last == "positive" else "bad"
+                lps[-1] = 0.0 if cue in t else -5.0
+            items.append(SimpleNamespace(token_ids=list(range(len(words))), token_logprobs=lps))
+        return SimpleNamespace(texts=items)
+
+
+def test_classify_judge_keeps_clusters_the_llm_labels_as_claimed() -> None:
+    judge = llm_judge(ScoringLLM(), SST2, agreement=0.6)  # classify is the default mode
+    verdicts = judge([(1, ["good one", "good two", "bad three"]), (1, ["bad a", "bad b", "good c"]),
+                      (0, ["bad x", "bad y"])])
+    assert [v for v, _ in verdicts] == [True, False, True]
+    assert verdicts[1][1] == "1/3 labelled positive by the LLM"
+    with pytest.raises(ValueError, match="classification"):
+        llm_judge(ScoringLLM(), get_task("e2e"))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from estuary.privacy.dp_sgd import DPTrainResult
 
 CONTROL = "Label: {text}\nText:"
+SUBJECT = "Write {subject}.\n"
 _MARKERS = ("Label:", "Text:")
 UNLABELLED = "text"
 
@@ -59,9 +60,16 @@ class SyntheticBatch:
     stats: dict[str, int]  # generated = kept + empty + short + long + malformed + duplicate + surplus
 
 
+def control_template(task: Task) -> str:
+    """The generator's prompt template over the label control `{text}`: the task's subject line, if it has
+    one (public, data-independent), then `Label: {text}\nText:`."""
+    subject = task.extra.get("subject")
+    return (SUBJECT.format(subject=subject) if subject else "") + CONTROL
+
+
 def generator_task(task: Task) -> Task:
     """The generation task a DP generator for `task` is trained on (label as control prefix)."""
-    return Task(name=f"{task.name}/generator", kind="generation", template=CONTROL,
+    return Task(name=f"{task.name}/generator", kind="generation", template=control_template(task),
                 description=f"label-conditioned generator for {task.name}")
 
 
@@ -164,7 +172,7 @@ def sample_synthetic(
     model.eval()
     try:
         for label, control in enumerate(controls):
-            prompt = tokenizer(CONTROL.format(text=control), add_special_tokens=True)["input_ids"]
+            prompt = tokenizer(control_template(task).format(text=control), add_special_tokens=True)["input_ids"]
             budget = max(gen_cfg.samples_per_label, math.ceil(gen_cfg.samples_per_label * gen_cfg.oversample))
             kept = drawn = 0
             while kept < gen_cfg.samples_per_label and drawn < budget:

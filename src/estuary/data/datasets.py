@@ -35,6 +35,7 @@ TASKS: dict[str, Task] = {
         label_words=(" negative", " positive"),
         label_names=("negative", "positive"),
         description="Classify the sentiment of a one-sentence movie review as negative or positive.",
+        extra={"subject": "a one-sentence movie review"},
     ),
     "agnews": Task(
         name="agnews",
@@ -46,6 +47,7 @@ TASKS: dict[str, Task] = {
             "Classify the topic of a news article headline and summary as World, Sports, "
             "Business or Science/Technology."
         ),
+        extra={"subject": "a news article headline and summary"},
     ),
     "rte": Task(
         name="rte",
@@ -62,13 +64,15 @@ TASKS: dict[str, Task] = {
         label_words=(" terrible", " bad", " okay", " good", " great"),
         label_names=("1 star", "2 stars", "3 stars", "4 stars", "5 stars"),
         description="Predict the star rating (1 to 5) a Yelp user gave a business from the review text.",
+        extra={"subject": "a Yelp review of a business"},
     ),
     "yelp-gen": Task(
         name="yelp-gen",
         kind="generation",
         template="{text}",
         description="Write a realistic Yelp review of a business in a given business category.",
-        extra={"conditional_template": "Business Category: {domain}\nReview:"},
+        extra={"conditional_template": "Business Category: {domain}\nReview:",
+               "subject": "a Yelp review of a business"},
     ),
     "e2e": Task(
         name="e2e",
@@ -78,6 +82,7 @@ TASKS: dict[str, Task] = {
             "Write a one- or two-sentence restaurant description that expresses every "
             "attribute of a meaning representation."
         ),
+        extra={"subject": "a restaurant's attributes, then a description of it"},
     ),
 }
 

@@ -37,7 +37,7 @@ class Task:
     label_words: tuple[str, ...] = ()
     label_names: tuple[str, ...] = ()
     description: str = ""  # one sentence describing the task, for LLM prompts in later methods
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # "subject": what one text is, public (DP generator prompts)
 
     @property
     def num_labels(self) -> int:

@@ -6,8 +6,9 @@ Steps, each counted in `FilterResult.stats`:
    sentence embeddings have cosine similarity >= `near_duplicate` with an already kept text (or with a
    reference set, e.g. the demonstrations the augmented samples were generated from);
 3. clustering: k-means over the embeddings, per label (`clusters_per_label`);
-4. judging: the LLM sees up to `judge_examples` texts of each cluster (those nearest its centre) and says
-   whether the cluster fits its label; a rejected cluster's samples are dropped.
+4. judging: the LLM sees up to `judge_examples` texts of each cluster (those nearest its centre) and judges
+   whether the cluster fits its label (by labelling each text itself, or asked Yes/No); a rejected
+   cluster's samples are dropped.
 """
 
 from __future__ import annotations
@@ -38,10 +39,18 @@ class FilterConfig:
     near_duplicate: float = field(
         default=0.95, metadata={"help": "Cosine similarity at or above which a text is a near duplicate (1: off)."})
     clusters_per_label: int = field(default=4, metadata={"help": "k-means clusters per label for the LLM judge."})
-    judge: bool = field(default=True, metadata={"help": "Ask the server LLM whether each cluster fits its label."})
+    judge: bool = field(
+        default=True, metadata={"help": "Have the server LLM judge whether each cluster fits its label."})
+    judge_mode: Literal["classify", "ask"] = field(
+        default="classify", metadata={"help": (
+            "classify: the LLM labels each shown text (verbalizer log-likelihood) and the cluster is kept when "
+            "at least `judge_agreement` of them get the cluster's label; ask: a chat Yes/No question about the "
+            "cluster (a 0.5B judge answered No to every cluster of real SST-2 reviews).")})
+    judge_agreement: float = field(
+        default=0.5, metadata={"help": "classify mode: share of shown texts the LLM must label as the cluster's."})
     judge_examples: int = field(default=5, metadata={"help": "Texts per cluster shown to the judge."})
     judge_unclear: Literal["keep", "drop"] = field(
-        default="keep", metadata={"help": "What to do with a cluster whose verdict is neither Yes nor No."})
+        default="keep", metadata={"help": "ask mode: a cluster whose verdict is neither Yes nor No."})
 
 
 @dataclass

@@ -17,6 +17,7 @@ from estuary.knowledge.prompts import (
     augmentation_prompts,
     generation_prompt,
     judge_messages,
+    label_name,
     parse_sample,
     parse_verdict,
 )
@@ -46,20 +47,38 @@ def _params(cfg: GenerateConfig, seed: int) -> Any:
                             n=cfg.samples_per_prompt, seed=seed, stop=("\n",))
 
 
-def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None) -> Judge:
-    """A `filtering.Judge` backed by the server LLM (greedy, a few tokens, all clusters in one call)."""
+def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None, mode: str = "classify",
+              agreement: float = 0.5) -> Judge:
+    """A `filtering.Judge` backed by the server LLM, all clusters in one call. `classify`: the LLM labels
+    every shown text (verbalizer log-likelihood, as `llm_classify`); a cluster passes when at least
+    `agreement` of its texts get its label. `ask`: a chat Yes/No question per cluster (greedy, 4 tokens)."""
+    from estuary.knowledge.llm_eval import llm_predict
     from estuary.serve.types import GenerationParams
 
-    params = GenerationParams(max_tokens=4, temperature=0.0, n=1, seed=0)
+    def classify(clusters: Sequence[tuple[int, list[str]]]) -> list[tuple[bool | None, str]]:
+        flat = [Example(text=t, label=label) for label, texts in clusters for t in texts]
+        preds = iter(llm_predict(llm, task, flat, adapter=adapter) if flat else [])
+        out: list[tuple[bool | None, str]] = []
+        for label, texts in clusters:
+            got = [next(preds) for _ in texts]
+            share = sum(p == label for p in got) / max(1, len(got))
+            out.append((share >= agreement, f"{sum(p == label for p in got)}/{len(got)} labelled "
+                        f"{label_name(task, label)} by the LLM"))
+        return out
 
-    def judge(clusters: Sequence[tuple[int, list[str]]]) -> list[tuple[bool | None, str]]:
+    def ask(clusters: Sequence[tuple[int, list[str]]]) -> list[tuple[bool | None, str]]:
         if not clusters:
             return []
         prompts = [judge_messages(task, label, texts) for label, texts in clusters]
+        params = GenerationParams(max_tokens=4, temperature=0.0, n=1, seed=0)
         answers = [c.text for c in llm.generate(prompts, params, adapter=adapter)]
         return [(parse_verdict(a), a.strip()) for a in answers]
 
-    return judge
+    if mode not in ("classify", "ask"):
+        raise ValueError(f"judge mode {mode!r}: use classify or ask")
+    if mode == "classify" and task.kind != "classification":
+        raise ValueError(f"judge mode classify needs a classification task, not {task.name!r}: use ask")
+    return classify if mode == "classify" else ask
 
 
 def _collect(completions: Sequence[Any], labels: Sequence[int], prefix: str) -> tuple[list[Example], int]:

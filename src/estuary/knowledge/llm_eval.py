@@ -18,19 +18,16 @@ def _text_logprob(item: Any, start: int) -> float:
     return float(sum(lp for lp in item.token_logprobs[start:] if lp is not None))
 
 
-def llm_classify(llm: Any, task: Task, examples: Sequence[Example], *, adapter: str | None = None,
-                 batch: int = 64) -> dict[str, float]:
-    """accuracy and macro_f1 of the served LLM (label with the highest log-likelihood after the prompt)."""
-    from sklearn.metrics import f1_score
-
+def llm_predict(llm: Any, task: Task, examples: Sequence[Example], *, adapter: str | None = None,
+                batch: int = 64) -> list[int]:
+    """The served LLM's label for each example: the label word with the highest log-likelihood after the
+    prompt (the same rule as the SLMs' evaluation)."""
     if task.kind != "classification":
         raise ValueError(f"task {task.name!r} is not a classification task")
     preds: list[int] = []
-    gold = [int(ex.label) for ex in examples if ex.label is not None]
-    labelled = [ex for ex in examples if ex.label is not None]
     per = 1 + task.num_labels
-    for start in range(0, len(labelled), batch):
-        chunk = labelled[start:start + batch]
+    for start in range(0, len(examples), batch):
+        chunk = examples[start:start + batch]
         texts: list[str] = []
         for ex in chunk:
             prompt = task.prompt(ex)
@@ -40,6 +37,17 @@ def llm_classify(llm: Any, task: Task, examples: Sequence[Example], *, adapter: 
             n_prompt = len(items[i * per].token_ids)
             scores = [_text_logprob(items[i * per + 1 + j], n_prompt) for j in range(task.num_labels)]
             preds.append(max(range(task.num_labels), key=scores.__getitem__))
+    return preds
+
+
+def llm_classify(llm: Any, task: Task, examples: Sequence[Example], *, adapter: str | None = None,
+                 batch: int = 64) -> dict[str, float]:
+    """accuracy and macro_f1 of the served LLM (label with the highest log-likelihood after the prompt)."""
+    from sklearn.metrics import f1_score
+
+    labelled = [ex for ex in examples if ex.label is not None]
+    gold = [int(ex.label) for ex in labelled if ex.label is not None]
+    preds = llm_predict(llm, task, labelled, adapter=adapter, batch=batch)
     correct = sum(p == g for p, g in zip(preds, gold, strict=True))
     return {"accuracy": correct / max(1, len(gold)),
             "macro_f1": float(f1_score(gold, preds, average="macro")) if gold else 0.0, "n": float(len(gold))}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from estuary.actors.context import derive_seed
 from estuary.actors.egress import Egress
 from estuary.data.task import Example
+from estuary.errors import ConfigError
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
@@ -33,6 +34,7 @@ from estuary.strategies.transfer import train_on_transfer
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
     from estuary.knowledge.embedding import TextEmbedder
+    from estuary.platform.config import ExperimentConfig
     from estuary.platform.run_context import ServerContext
 
 
@@ -51,6 +53,15 @@ class FDKT(Strategy):
         super().__init__(exp, params)
         self._embedder: TextEmbedder | None = None
         self._transfer: list[Example] = []  # what this round's train phase gets
+
+    @classmethod
+    def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
+        from estuary.data import get_task
+
+        task = get_task(cfg.data.task)
+        if task.kind != "classification":
+            raise ConfigError(f"{source}: fdkt transfers labelled task data; data.task {cfg.data.task!r} is a "
+                              "generation task — use a classification task (sst2, agnews, yelp)")
 
     # ------------------------------------------------------------------ phase 1: DP synthetic data
     def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
@@ -95,7 +106,8 @@ class FDKT(Strategy):
             self._transfer = []
             return metrics
         llm = server.llm
-        judge = llm_judge(llm, task, adapter=p.server_adapter)
+        judge = llm_judge(llm, task, adapter=p.server_adapter, mode=p.filter.judge_mode,
+                          agreement=p.filter.judge_agreement)
         first = filter_examples(synthetic, task, p.filter, embed=self._embed, judge=judge, seed=seed)
         kept_ids = {ex.uid for ex in first.kept}
         server.record("synthetic", [example_row(ex, strategy=self.name, round=rnd, client=ex.uid.split("/")[1],
