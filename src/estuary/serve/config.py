@@ -100,6 +100,10 @@ class ServerConfig(BaseModel):
     startup_timeout_s: float = Field(
         900.0, gt=0, description="Give up (one line naming the cause) if the server is not ready by then."
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Serve log level of the deployment, its proxy and controller (INFO adds a line "
+        "per call, the access log, on the console and in the Ray session's log files)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:

@@ -162,9 +162,12 @@ def start_server(config: ServerConfig, engine: str | type[Engine] | None = None,
     preflight(config)
     if not _serve_running():  # this call starts Serve's HTTP proxy here: its port must be free
         check_port_free(config.host, config.port)
-    serve.start(http_options={"host": config.host, "port": config.port})
+    logs = {"log_level": config.log_level, "enable_access_log": config.log_level in ("DEBUG", "INFO")}
+    logging.getLogger("ray.serve").setLevel(config.log_level)  # this process's Serve client
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=logs)
     serve.run_many(
-        [serve.RunTarget(target=server_app(config, engine), name=config.app_name, route_prefix=config.route_prefix)],
+        [serve.RunTarget(target=server_app(config, engine), name=config.app_name, route_prefix=config.route_prefix,
+                         logging_config=logs)],
         wait_for_applications_running=False,
     )
     wait_until_running(config.app_name, timeout_s or config.startup_timeout_s)
