@@ -122,7 +122,7 @@ def test_results_table_one_row_per_privacy_target_and_baselines_once_per_seed() 
 def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from estuary.platform.report import draw_plots, phases_table
+    from estuary.platform.report import counts_table, draw_plots, phases_table
 
     rounds = [{"strategy": "crosslm", "round": r, "phases_s": {"prepare": 2.0, "clients": 5.0, "server": 7.0},
                "metrics": {"client/test/accuracy/mean": 0.6, "client/test/accuracy/min": 0.5,
@@ -140,5 +140,13 @@ def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     row = next(ln for ln in console.export_text().splitlines() if "crosslm" in ln)
     assert [c.strip() for c in row.split("│")[2:5]] == ["3.0", "7.5", "10.5"]  # (4+2)/2, (10+5)/2, (14+7)/2
     assert phases_table([({"name": "x"}, [{"strategy": "s", "round": 1, "metrics": {}}])]) is None
+    counted = [{"strategy": "fdkt", "round": r, "metrics": {"server/filter/synthetic/kept": 10.0 * r,
+                                                           "server/llm/adapter_version": 1.0}} for r in (1, 2)]
+    table = counts_table([({"name": "x"}, counted), ({"name": "x"}, counted[:1])])
+    assert table is not None
+    console.print(table)
+    row = next(ln for ln in console.export_text().splitlines() if "filter/synthetic/kept" in ln)
+    assert row.split("│")[2].strip() == "20.0"  # (10 + 20 + 10) / 2 runs
+    assert counts_table([({"name": "x"}, rounds)]) is None
     (plot,) = draw_plots(tmp_path)
     assert plot.exists() and plot.stat().st_size > 0

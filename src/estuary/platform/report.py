@@ -111,6 +111,37 @@ def phases_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Tab
     return table
 
 
+COUNT_PREFIXES = ("server/filter/", "server/augment/", "server/generate/", "server/select/", "server/transfer/")
+
+
+def counts_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
+    """Samples at each server stage (FDKT's filters and augmentation, CrossLM's generation and selection),
+    summed over a run's rounds, mean over runs; rows are the stages, columns the strategies."""
+    several = len({_target(s) for s, _ in runs}) > 1
+    per: dict[str, dict[str, list[float]]] = {}  # label → stage → one sum per run
+    for summary, rounds in runs:
+        sums: dict[str, dict[str, float]] = {}
+        for r in rounds:
+            for key, value in r.get("metrics", {}).items():
+                if key.startswith(COUNT_PREFIXES) and "adapter_version" not in key:
+                    row = sums.setdefault(_label(summary, r["strategy"], several), {})
+                    row[key.removeprefix("server/")] = row.get(key.removeprefix("server/"), 0.0) + value
+        for label, row in sums.items():
+            for stage, total in row.items():
+                per.setdefault(label, {}).setdefault(stage, []).append(total)
+    if not per:
+        return None
+    stages = list(dict.fromkeys(stage for rows in per.values() for stage in rows))
+    table = Table(title="samples per server stage (sum over rounds; mean over runs)")
+    table.add_column("stage")
+    for label in per:
+        table.add_column(label, justify="right")
+    for stage in stages:
+        table.add_row(stage, *(f"{statistics.fmean(per[label][stage]):.1f}" if stage in per[label] else "—"
+                               for label in per))
+    return table
+
+
 def results_table(*summaries: dict[str, Any]) -> Table:
     """One row per strategy (per privacy target); with several runs (seeds), cells are mean ± std across runs."""
     first = summaries[0]
