@@ -14,6 +14,7 @@ import torch
 from estuary.actors import slm
 from estuary.actors.distildp import synthetic_example, teacher_targets
 from estuary.actors.distill import DistillExample, distill_example, distill_steps
+from estuary.actors.dp_generator import control_template
 from estuary.data import get_task
 from estuary.data.task import Example
 from estuary.errors import ConfigError
@@ -111,9 +112,9 @@ def test_same_tokenizer_rows_are_the_teachers_at_the_same_tokens(student: tuple[
     assert t.input_ids == ids and t.start == 1 and t.coverage == pytest.approx((len(ids) - 2) / len(ids))
     assert t.topk_ids[0] == [] and t.topk_ids[-1] == []  # BOS (no text) and the last token (nothing to predict)
     assert t.hidden_mask == (False, True, True, True, False) and t.hidden.dtype == np.float16
-    # the teacher's own sequence "Label: text\nText: the movie was good": its row after "movie" is ours
-    teacher_ids = tok("Label: text\nText:")["input_ids"] + tok(" the movie was good", add_special_tokens=False)[
-        "input_ids"]
+    # the teacher's own sequence "<subject line>Label: text\nText: the movie was good": its row after "movie"
+    teacher_ids = tok(control_template(YELP).format(text="text"))["input_ids"] + tok(
+        " the movie was good", add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([teacher_ids]), output_hidden_states=True)
     at = teacher_ids.index(ids[2])  # "movie"
