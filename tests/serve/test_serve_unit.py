@@ -258,3 +258,12 @@ def test_port_in_use_is_one_line() -> None:
         with pytest.raises(ServerStartupError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
             check_port_free("127.0.0.1", port)
     check_port_free("127.0.0.1", port)  # free again
+
+
+def test_seed_per_prompt_and_per_chunk() -> None:
+    from estuary.serve.client import _from
+
+    p = GenerationParams(seed=10, n=2)
+    assert p.for_prompt(0) is p and p.for_prompt(3).seed == 13 and p.for_prompt(3).n == 2
+    assert GenerationParams().for_prompt(5).seed is None
+    assert _from(p, 1024).seed == 1034 and _from({"seed": 1}, 8) == {"seed": 9} and _from(None, 8) is None

@@ -109,12 +109,16 @@ def test_reference_engine_injected(ray_session: None, tmp_path: Path) -> None:
     from estuary.serve.launcher import start_server, stop_server
     from estuary.serve.reference import ReferenceEngine
 
-    cfg = _config(tmp_path, app_name="estuary-test-ref", dtype="float32", route_prefix="/ref")
+    cfg = _config(tmp_path, app_name="estuary-test-ref", dtype="float32", route_prefix="/ref",
+                  reference_batch_size=1)
     server = start_server(cfg, engine=ReferenceEngine, timeout_s=300)
     try:
         assert server.info()["engine"] == "reference"
         out = server.generate(["The movie was", "Once upon a time"], GenerationParams(max_tokens=6, temperature=0))
         assert [c.index for c in out] == [0, 1] and all(c.output_tokens for c in out)
+        sampled = GenerationParams(max_tokens=6, temperature=1.0, seed=5)  # one batch per prompt: seed + i each
+        same = server.generate(["The movie was"] * 3, sampled)
+        assert len({c.text for c in same}) == 3 and same == server.generate(["The movie was"] * 3, sampled)
         payload = server.topk_logprobs(["a witty film"], k=3)
         assert payload.engine == "reference" and len(payload.texts[0].topk) == len(payload.texts[0].token_ids)
         req = urllib.request.Request(f"{server.base_url}/completions", data=json.dumps({"prompt": "x"}).encode(),

@@ -110,7 +110,8 @@ class ServerLLM:
         bar = _Progress(progress, len(prompts))
         streamer = self.handle.options(stream=True)
         try:
-            gens = [(start, streamer.generate_stream.remote(prompts[start:start + self.chunk_size], params, adapter))
+            gens = [(start, streamer.generate_stream.remote(prompts[start:start + self.chunk_size],
+                                                            _from(params, start), adapter))
                     for start in range(0, len(prompts), self.chunk_size)]  # all submitted before consuming
             for start, gen in gens:
                 try:
@@ -133,7 +134,8 @@ class ServerLLM:
         streamer = self.handle.options(stream=True)
 
         async def consume(start: int) -> None:
-            gen = streamer.generate_stream.remote(prompts[start:start + self.chunk_size], params, adapter)
+            gen = streamer.generate_stream.remote(prompts[start:start + self.chunk_size], _from(params, start),
+                                                  adapter)
             try:
                 async for batch in gen:
                     self._place(results, start, batch)
@@ -176,3 +178,12 @@ class ServerLLM:
 
     def info(self) -> dict[str, Any]:
         return self._result(self.handle.info.remote())
+
+
+def _from(params: GenerationParams | dict[str, Any] | None, start: int) -> GenerationParams | dict[str, Any] | None:
+    """A chunk's parameters: its first prompt is the call's prompt `start` (seed + start, see GenerationParams)."""
+    if isinstance(params, GenerationParams):
+        return params.for_prompt(start)
+    if isinstance(params, dict) and params.get("seed") is not None and start:
+        return {**params, "seed": params["seed"] + start}
+    return params

@@ -110,7 +110,7 @@ class ReferenceEngine(Engine):
         eos = self._eos_ids()
         with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
             if params.seed is not None:
-                torch.manual_seed(params.seed)
+                torch.manual_seed(params.for_prompt(offset).seed)  # batches of one call draw different streams
             with self._adapter_scope(adapter):
                 out = self.model.generate(input_ids=input_ids.to(self.device), **kwargs)
         new = out[:, width:].tolist()

@@ -6,6 +6,7 @@ versioned payload distillation consumes; `validate()` checks it and `from_dict` 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -49,9 +50,13 @@ class GenerationParams:
     temperature: float = 1.0
     top_p: float = 1.0
     n: int = 1
-    seed: int | None = None
+    seed: int | None = None  # prompt i of a call samples with seed + i: reproducible, yet repeated prompts differ
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks: always produce max_tokens
+
+    def for_prompt(self, index: int) -> GenerationParams:
+        """These parameters for the call's prompt `index` (its own seed, seed + index)."""
+        return self if self.seed is None or index == 0 else dataclasses.replace(self, seed=self.seed + index)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -191,14 +191,19 @@ class VLLMEngine(Engine):
 
     async def stream(self, prompts: Sequence[list[int]], params: GenerationParams,
                      adapter: AdapterVersion | None) -> AsyncIterator[Completion]:
-        sp = self._sampling(n=params.n, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-                            stop=list(params.stop) or None, max_tokens=params.max_tokens,
-                            ignore_eos=params.ignore_eos)
+        def sampling(seed: int | None) -> Any:
+            return self._sampling(n=params.n, temperature=params.temperature, top_p=params.top_p, seed=seed,
+                                  stop=list(params.stop) or None, max_tokens=params.max_tokens,
+                                  ignore_eos=params.ignore_eos)
+
+        shared = sampling(params.seed)
         lora = self._lora(adapter)
         aid = adapter.id if adapter else None
         self.check_lengths(prompts, params.max_tokens)
 
         async def one(index: int, ids: list[int]) -> Completion:
+            # one seed per request would give a repeated prompt the same samples: prompt i gets seed + i
+            sp = shared if params.seed is None or index == 0 else sampling(params.seed + index)
             out = await self._final(ids, sp, lora)
             samples = [Sample(text=o.text, token_ids=list(o.token_ids), finish_reason=o.finish_reason or "length")
                        for o in sorted(out.outputs, key=lambda o: o.index)]
