@@ -122,7 +122,7 @@ def test_results_table_one_row_per_privacy_target_and_baselines_once_per_seed() 
 def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from estuary.platform.report import counts_table, draw_plots, phases_table
+    from estuary.platform.report import counts_table, draw_plots, llm_rounds_table, phases_table
 
     rounds = [{"strategy": "crosslm", "round": r, "phases_s": {"prepare": 2.0, "clients": 5.0, "server": 7.0},
                "metrics": {"client/test/accuracy/mean": 0.6, "client/test/accuracy/min": 0.5,
@@ -148,5 +148,11 @@ def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     row = next(ln for ln in console.export_text().splitlines() if "filter/synthetic/kept" in ln)
     assert row.split("│")[2].strip() == "20.0"  # (10 + 20 + 10) / 2 runs
     assert counts_table([({"name": "x"}, rounds)]) is None
+    table = llm_rounds_table([({"name": "x"}, rounds), ({"name": "x"}, rounds)])
+    assert table is not None
+    console.print(table)
+    row = next(ln for ln in console.export_text().splitlines() if "test/accuracy" in ln)
+    assert [c.strip() for c in row.split("│")[3:6]] == ["0.690 ± 0.000", "0.710 ± 0.000", "0.720 ± 0.000"]
+    assert llm_rounds_table([({"name": "x"}, counted)]) is None
     (plot,) = draw_plots(tmp_path)
     assert plot.exists() and plot.stat().st_size > 0

@@ -111,6 +111,32 @@ def phases_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Tab
     return table
 
 
+def llm_rounds_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
+    """The server LLM's own series per round (round 0: before any transfer), mean ± std over runs: task
+    accuracy (or perplexity) and general-text perplexity, for the strategies that train the LLM."""
+    several = len({_target(s) for s, _ in runs}) > 1
+    series: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for summary, rounds in runs:
+        for r in rounds:
+            for key in LLM_SERIES:
+                start = key.replace("server/llm/", "server/llm_start/")
+                row_key = (_label(summary, r["strategy"], several), key.removeprefix("server/llm/"))
+                for rnd, k in ((0, start), (r["round"], key)):
+                    if k in r.get("metrics", {}):
+                        series.setdefault(row_key, {}).setdefault(rnd, []).append(float(r["metrics"][k]))
+    if not series:
+        return None
+    rounds_seen = sorted({rnd for per in series.values() for rnd in per})
+    table = Table(title="server LLM per round (0: before transfer; mean ± std over runs)")
+    table.add_column("strategy")
+    table.add_column("metric")
+    for rnd in rounds_seen:
+        table.add_column(f"r{rnd}", justify="right")
+    for (label, metric), per in series.items():
+        table.add_row(label, metric, *(_fmt(per[rnd]) if rnd in per else "—" for rnd in rounds_seen))
+    return table
+
+
 COUNT_PREFIXES = ("server/filter/", "server/augment/", "server/generate/", "server/select/", "server/transfer/")
 
 
