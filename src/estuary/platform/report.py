@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,12 @@ def _target(summary: dict[str, Any]) -> str:
     return f"σ={cfg['noise_multiplier']:g}" if cfg.get("noise_multiplier") is not None else "ε=?"
 
 
-def _groups(summaries: tuple[dict[str, Any], ...]) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """Row label → (summary, strategy entry) per run. A DP strategy run at several privacy targets gets one row
-    per target (`fdkt @ ε=3`); a strategy repeated for the same seed (a baseline recomputed beside each ε) is
-    counted once, so ± is over seeds."""
-    several = len({_target(s) for s in summaries}) > 1
-    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+def _groups(summaries: tuple[dict[str, Any], ...]) -> dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+    """Row label → (strategy name, summary, strategy entry) per run. A DP strategy run at several privacy
+    targets gets one row per target (`fdkt @ ε=3`); a strategy repeated for the same seed (a baseline
+    recomputed beside each ε) is counted once, so ± is over seeds."""
+    several = _several_targets(summaries)
+    groups: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
     seen: set[tuple[str, Any]] = set()
     for i, s in enumerate(summaries):
         for name, entry in s.get("strategies", {}).items():
@@ -77,8 +78,13 @@ def _groups(summaries: tuple[dict[str, Any], ...]) -> dict[str, list[tuple[dict[
             if seed in seen:
                 continue
             seen.add(seed)
-            groups.setdefault(label, []).append((s, entry))
+            groups.setdefault(label, []).append((name, s, entry))
     return groups
+
+
+def _several_targets(summaries: Iterable[dict[str, Any]]) -> bool:
+    """Whether the runs asked for different privacy settings (then each DP strategy gets a row per target)."""
+    return len({_target(s) for s in summaries}) > 1
 
 
 def _label(summary: dict[str, Any], name: str, several_targets: bool) -> str:
@@ -88,7 +94,7 @@ def _label(summary: dict[str, Any], name: str, several_targets: bool) -> str:
 def phases_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
     """Wall seconds per round phase (prepare, clients, server, followup, evaluate), summed over a run's rounds,
     mean over runs; from each round record's `phases_s`."""
-    several = len({_target(s) for s, _ in runs}) > 1
+    several = _several_targets(s for s, _ in runs)
     per_label: dict[str, list[dict[str, float]]] = {}
     for summary, rounds in runs:
         totals: dict[str, dict[str, float]] = {}
@@ -114,7 +120,7 @@ def phases_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Tab
 def llm_rounds_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
     """The server LLM's own series per round (round 0: before any transfer), mean ± std over runs: task
     accuracy (or perplexity) and general-text perplexity, for the strategies that train the LLM."""
-    several = len({_target(s) for s, _ in runs}) > 1
+    several = _several_targets(s for s, _ in runs)
     series: dict[tuple[str, str], dict[int, list[float]]] = {}
     for summary, rounds in runs:
         for r in rounds:
@@ -143,7 +149,7 @@ COUNT_PREFIXES = ("server/filter/", "server/augment/", "server/generate/", "serv
 def counts_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
     """Samples at each server stage (FDKT's filters and augmentation, CrossLM's generation and selection),
     summed over a run's rounds, mean over runs; rows are the stages, columns the strategies."""
-    several = len({_target(s) for s, _ in runs}) > 1
+    several = _several_targets(s for s, _ in runs)
     per: dict[str, dict[str, list[float]]] = {}  # label → stage → one sum per run
     for summary, rounds in runs:
         sums: dict[str, dict[str, float]] = {}
@@ -186,11 +192,11 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     table.add_column("n", justify="right")
     table.add_column("wall s", justify="right")
     for label, members in groups.items():
-        name = label.split(" @ ")[0]
-        variants = _variants([e.get("metrics", {}) for _, e in members], cols)
+        name = members[0][0]
+        variants = _variants([e.get("metrics", {}) for _, _, e in members], cols)
         for variant in ["", *variants]:  # a strategy's in-run variants, e.g. DistilDP's hard-label twin
             entries = [e if not variant else {**e, "metrics": _variant_metrics(e.get("metrics", {}), variant)}
-                       for _, e in members]
+                       for _, _, e in members]
             cells = []
             for _, spec in cols:
                 keys = [_pick(e.get("metrics", {}), spec) for e in entries]
@@ -198,7 +204,7 @@ def results_table(*summaries: dict[str, Any]) -> Table:
                 spread = [e["metrics"][k.replace("/mean", "/std")] for e, k in zip(entries, keys, strict=True)
                           if k and k.endswith("/mean") and k.replace("/mean", "/std") in e["metrics"]]
                 cells.append(_fmt(vals, spread))
-            eps = [x for x in (_epsilon(s, name) for s, _ in members) if x is not None]
+            eps = [x for x in (_epsilon(s, name) for _, s, _ in members) if x is not None]
             cells.append(("∞" if any(math.isinf(x) for x in eps) else f"{max(eps):.2f}") if eps else "—")
             wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
             text = (f"  {name}: {variant}" if variant else label) + (
