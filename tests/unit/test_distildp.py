@@ -178,6 +178,10 @@ def test_distildp_refuses_classification_tasks_and_mixed_students(tmp_path: Path
     job.write_text("method: distildp\nbaselines: [dp_standalone]\ndata: {task: e2e}\n"
                    "method_params: {distill_weight: 0.4, hidden_weight: 0}\n")
     assert load_config(job).method == "distildp"
+    job.write_text("method: fdkt\nbaselines: []\ndata: {task: e2e}\n")  # the shared check, the other way round
+    with pytest.raises(ConfigError, match=r"fdkt transfers labelled task data; data.task 'e2e' is a generation "
+                                          r"task — use a classification task \(sst2, agnews, rte, yelp\)"):
+        load_config(job)
 
 
 def test_methods_listing_shows_distildps_own_generator_defaults() -> None:

@@ -86,6 +86,9 @@ class Strategy(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
+    # the task kind this method needs ("classification" / "generation"; None: any) and what it does with it
+    task_kind: ClassVar[str | None] = None
+    task_use: ClassVar[str] = ""
 
     def __init__(self, exp: ExperimentConfig, params: Any | None = None) -> None:
         self.exp = exp
@@ -93,8 +96,18 @@ class Strategy(ABC):
 
     @classmethod
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
-        """Refuse a job this strategy cannot run (ConfigError, one line naming the field); called by load_config."""
-        return None
+        """Refuse a job this strategy cannot run (ConfigError, one line naming the field); called by load_config.
+        The default refuses a task of the wrong kind (`task_kind`); subclasses add their own checks."""
+        if cls.task_kind is None:
+            return
+        from estuary.data import TASKS, get_task
+        from estuary.errors import ConfigError
+
+        kind = get_task(cfg.data.task).kind
+        if kind != cls.task_kind:
+            fitting = ", ".join(n for n, t in TASKS.items() if t.kind == cls.task_kind)
+            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task!r} is a {kind} task — "
+                              f"use a {cls.task_kind} task ({fitting})")
 
     # ------------------------------------------------------------------ driver-side hooks
     def num_rounds(self) -> int:

@@ -49,6 +49,8 @@ class DistilDP(Strategy):
     uses_privacy: ClassVar[bool] = True  # its DP teacher's model is checked before the run starts
     description = ("Clients' DP teachers write synthetic text with their token distributions and hidden states; "
                    "SLM students learn hard labels, soft labels and hidden states from it.")
+    task_kind = "generation"
+    task_use = "distils language models on text"
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)
@@ -56,12 +58,7 @@ class DistilDP(Strategy):
 
     @classmethod
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
-        from estuary.data import get_task
-
-        task = get_task(cfg.data.task)
-        if task.kind != "generation":
-            raise ConfigError(f"{source}: distildp distils language models on text; data.task {cfg.data.task!r} "
-                              "is a classification task — use a generation task (yelp-gen, e2e)")
+        super().check_job(cfg, source)
         models = {cfg.models.for_client(i) for i in range(cfg.clients.count)}
         if len(models) > 1:
             raise ConfigError(f"{source}: distildp needs one student model for all clients (the teachers' rows are "

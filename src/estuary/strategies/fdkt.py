@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from estuary.actors.context import derive_seed
 from estuary.actors.egress import Egress
 from estuary.data.task import Example
-from estuary.errors import ConfigError
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
@@ -34,7 +33,6 @@ from estuary.strategies.transfer import train_on_transfer
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
     from estuary.knowledge.embedding import TextEmbedder
-    from estuary.platform.config import ExperimentConfig
     from estuary.platform.run_context import ServerContext
 
 
@@ -48,20 +46,13 @@ class FDKT(Strategy):
     config_class: ClassVar[type] = FDKTConfig
     uses_privacy: ClassVar[bool] = True  # its DP generator's model is checked before the run starts
     description = "Clients send DP synthetic demos; the LLM filters and augments them; SLMs train on the result."
+    task_kind = "classification"
+    task_use = "transfers labelled task data"
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)
         self._embedder: TextEmbedder | None = None
         self._transfer: list[Example] = []  # what this round's train phase gets
-
-    @classmethod
-    def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
-        from estuary.data import get_task
-
-        task = get_task(cfg.data.task)
-        if task.kind != "classification":
-            raise ConfigError(f"{source}: fdkt transfers labelled task data; data.task {cfg.data.task!r} is a "
-                              "generation task — use a classification task (sst2, agnews, yelp)")
 
     # ------------------------------------------------------------------ phase 1: DP synthetic data
     def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
