@@ -169,7 +169,7 @@ def _base(t: Any) -> tuple[list[int], list[int], list[list[int]], list[list[floa
 def test_distildp_refuses_classification_tasks_and_mixed_students(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text("method: distildp\nbaselines: []\ndata: {task: sst2}\n")
-    with pytest.raises(ConfigError, match="data.task 'sst2' is a classification task"):
+    with pytest.raises(ConfigError, match="data.task 'sst2' is a classification task, not a generation one"):
         load_config(job)
     job.write_text("method: distildp\nbaselines: []\ndata: {task: yelp-gen}\nclients: {count: 2}\n"
                    "models: {client: smollm2-135m, per_client: {1: gemma3-270m}}\n")
@@ -180,8 +180,14 @@ def test_distildp_refuses_classification_tasks_and_mixed_students(tmp_path: Path
     assert load_config(job).method == "distildp"
     job.write_text("method: fdkt\nbaselines: []\ndata: {task: e2e}\n")  # the shared check, the other way round
     with pytest.raises(ConfigError, match=r"fdkt transfers labelled task data; data.task 'e2e' is a generation "
-                                          r"task — use a classification task \(sst2, agnews, rte, yelp\)"):
+                                          r"task, not a classification one — use sst2, agnews, yelp$"):
         load_config(job)
+    job.write_text("method: crosslm\nbaselines: []\ndata: {task: rte}\n")  # RTE's examples are text pairs
+    with pytest.raises(ConfigError, match=r"crosslm has the LLM write labelled task data; data.task 'rte' has text "
+                                          r"pairs; it writes one text per example — use sst2, agnews, yelp$"):
+        load_config(job)
+    job.write_text("method: fedmkt\nbaselines: []\ndata: {task: rte}\n")  # FedMKT distils on any text
+    assert load_config(job).data.task == "rte"
 
 
 def test_methods_listing_shows_distildps_own_generator_defaults() -> None:

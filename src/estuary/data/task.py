@@ -43,6 +43,11 @@ class Task:
     def num_labels(self) -> int:
         return len(self.label_words)
 
+    @property
+    def paired(self) -> bool:
+        """Whether an example is two texts (premise and hypothesis)."""
+        return "{text_pair}" in self.template
+
     def prompt(self, example: Example) -> str:
         return self.template.format(text=example.text, text_pair=example.text_pair or "")
 

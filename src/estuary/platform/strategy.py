@@ -31,6 +31,7 @@ from estuary.platform.sampling import sample_clients
 
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
+    from estuary.data.task import Task
     from estuary.platform.config import ExperimentConfig
     from estuary.platform.run_context import RunContext, ServerContext
 
@@ -89,6 +90,7 @@ class Strategy(ABC):
     # the task kind this method needs ("classification" / "generation"; None: any) and what it does with it
     task_kind: ClassVar[str | None] = None
     task_use: ClassVar[str] = ""
+    task_pairs: ClassVar[bool] = True  # whether it handles text-pair examples (premise + hypothesis)
 
     def __init__(self, exp: ExperimentConfig, params: Any | None = None) -> None:
         self.exp = exp
@@ -97,17 +99,24 @@ class Strategy(ABC):
     @classmethod
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
         """Refuse a job this strategy cannot run (ConfigError, one line naming the field); called by load_config.
-        The default refuses a task of the wrong kind (`task_kind`); subclasses add their own checks."""
-        if cls.task_kind is None:
-            return
+        The default refuses a task that `task_misfit` names a reason for; subclasses add their own checks."""
         from estuary.data import TASKS, get_task
         from estuary.errors import ConfigError
 
-        kind = get_task(cfg.data.task).kind
-        if kind != cls.task_kind:
-            fitting = ", ".join(n for n, t in TASKS.items() if t.kind == cls.task_kind)
-            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task!r} is a {kind} task — "
-                              f"use a {cls.task_kind} task ({fitting})")
+        why = cls.task_misfit(get_task(cfg.data.task))
+        if why is not None:
+            fitting = ", ".join(n for n, t in TASKS.items() if cls.task_misfit(t) is None)
+            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task!r} {why} — "
+                              f"use {fitting}")
+
+    @classmethod
+    def task_misfit(cls, task: Task) -> str | None:
+        """Why this strategy cannot run `task` (a phrase after the task's name), or None when it can."""
+        if cls.task_kind is not None and task.kind != cls.task_kind:
+            return f"is a {task.kind} task, not a {cls.task_kind} one"
+        if task.paired and not cls.task_pairs:
+            return "has text pairs; it writes one text per example"
+        return None
 
     # ------------------------------------------------------------------ driver-side hooks
     def num_rounds(self) -> int:

@@ -42,6 +42,9 @@ class CrossLM(Strategy):
     name = "crosslm"
     config_class: ClassVar[type] = CrossLMConfig
     description = "The LLM generates task data; client SLMs score it; both train on the well-scored part."
+    task_kind = "classification"
+    task_use = "has the LLM write labelled task data"
+    task_pairs = False  # the LLM writes one text per sample
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)

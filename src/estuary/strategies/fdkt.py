@@ -48,6 +48,7 @@ class FDKT(Strategy):
     description = "Clients send DP synthetic demos; the LLM filters and augments them; SLMs train on the result."
     task_kind = "classification"
     task_use = "transfers labelled task data"
+    task_pairs = False  # its DP generator writes one text per example
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)
