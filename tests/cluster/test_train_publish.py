@@ -74,6 +74,25 @@ def test_trained_adapter_becomes_the_next_live_version(tmp_path: Path, tiny_mode
     assert out[0].adapter == "server@v2"
 
 
+def test_a_job_continues_from_a_published_version(tmp_path: Path, tiny_model_dir: Path, served: Any) -> None:
+    """init_adapter: the job starts from a published version's weights (FedMKT's LLM over rounds). At an
+    lr of 1e-9 the continued adapter answers as the version it started from, where a fresh one answers as the
+    base model (LoRA's B starts at zero)."""
+    job = dict(model=str(tiny_model_dir), workers=2, steps=2, micro_batch_size=4, max_length=32,
+               checkpoint_every=2, lora={"r": 4, "alpha": 8, "dropout": 0.0}, resource_wait_s=60)
+    base = _logprobs(served, None)
+    _, start = train_and_publish(sst2_records(16), {**job, "lr": 5e-2}, served, adapter_name="cont",
+                                 name="cont-start", storage_path=tmp_path / "train")
+    started = _logprobs(served, start.id)
+    assert not _close(started, base)
+    _, cont = train_and_publish(sst2_records(16), {**job, "lr": 1e-9, "init_adapter": start.path}, served,
+                                adapter_name="cont", name="cont-next", storage_path=tmp_path / "train")
+    assert cont.id == "cont@v2" and _close(_logprobs(served, cont.id), started)
+    _, fresh = train_and_publish(sst2_records(16), {**job, "lr": 1e-9}, served, adapter_name="cont",
+                                 name="cont-fresh", storage_path=tmp_path / "train")
+    assert _close(_logprobs(served, fresh.id), base)
+
+
 def test_training_a_model_the_deployment_does_not_serve_fails_first(tmp_path: Path, served: Any) -> None:
     other = build_tiny_model(tmp_path / "other", ["another tiny model"], vocab_size=20)
     with pytest.raises(ConfigError, match="is not the model the server LLM deployment serves"):

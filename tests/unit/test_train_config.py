@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +103,14 @@ def test_resources_held_by_others() -> None:
     with pytest.raises(ConfigError, match=r"only 1 is free .*raise train.resource_wait_s"):
         check_resources(TrainConfig(workers=2), nodes, available={"CPU": 1.0})
     check_resources(TrainConfig(workers=2, cpus_per_worker=0.5), nodes, available={"CPU": 1.0})
+
+
+def test_init_adapter_must_be_a_peft_folder_of_the_jobs_shape(tmp_path: Path) -> None:
+    from estuary.train.preflight import check_init_adapter
+
+    with pytest.raises(ConfigError, match=r"^train.init_adapter: .* has no adapter_config.json; give a PEFT"):
+        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["v_proj", "q_proj"]}))
+    with pytest.raises(ConfigError, match=r"has r=16, targets \['q_proj', 'v_proj'\]; the job has train.lora r=8"):
+        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))
+    check_init_adapter(TrainConfig(init_adapter=str(tmp_path), lora={"r": 16}))  # same rank, targets in any order

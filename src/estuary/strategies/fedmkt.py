@@ -169,13 +169,14 @@ class FedMKT(Strategy):
 
     def _train_llm(self, rnd: int, server: ServerContext,
                    records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
-        """Distil a LoRA adapter of the served LLM on this round's records (Ray Train + DeepSpeed) and publish
-        it as the next version."""
+        """Distil the served LLM's adapter (from its last version, with llm_continue) on this round's records
+        (Ray Train + DeepSpeed) and publish it as the next version."""
         p: FedMKTConfig = self.params
         config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
         config["objective"] = {"distill_weight": p.distill_weight, "temperature": p.temperature,
                                "tail_bucket": p.tail_bucket, **p.llm_train.get("objective", {})}
-        return train_server_adapter(self, rnd, server, records, config, what="distilled")
+        return train_server_adapter(self, rnd, server, records, config, what="distilled",
+                                    start=self.version if p.llm_continue else None)
 
     def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
         return evaluate_served_llm(server, version, self.params.llm_eval_size)

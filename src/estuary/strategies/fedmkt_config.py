@@ -44,6 +44,9 @@ class FedMKTConfig:
         default_factory=dict,
         metadata={"help": "Server training settings (estuary.train TrainConfig fields: steps, lr, lora, zero, ...); "
                   "objective.distill_weight/temperature/tail_bucket default to the values above."})
+    llm_continue: bool = field(
+        default=True, metadata={"help": "Each round's LLM adapter starts from the last published version, so the "
+                                "LLM accumulates the clients' knowledge over rounds; False: a fresh one per round."})
     adapter_name: str = field(default="fedmkt", metadata={"help": "Name of the published server adapter."})
     llm_eval_size: int = field(
         default=100, metadata={"help": "Test examples the served LLM is evaluated on each round (0: off)."})

@@ -13,11 +13,14 @@ if TYPE_CHECKING:
 
 
 def train_server_adapter(strategy: Strategy, rnd: int, server: ServerContext, records: list[dict[str, Any]],
-                         config: dict[str, Any], what: str) -> tuple[str, dict[str, float]]:
+                         config: dict[str, Any], what: str, start: str | None = None) -> tuple[str, dict[str, float]]:
     """Fine-tune the served model's adapter `strategy.params.adapter_name` on `records` with `config` (a
-    TrainConfig mapping) and publish it; returns the new version id and the training metrics."""
+    TrainConfig mapping), from the published version `start` (None: a fresh adapter), and publish it; returns
+    the new version id and the training metrics."""
     from estuary.train import train_and_publish
 
+    if start is not None and "init_adapter" not in config:
+        config = {**config, "init_adapter": published_path(server, start)}
     outcome, version = train_and_publish(
         records, config, server.llm, adapter_name=strategy.params.adapter_name,
         name=f"{strategy.name}-r{rnd}-{time.strftime('%H%M%S')}",
@@ -44,6 +47,15 @@ def evaluate_served_llm(server: ServerContext, version: str | None, n: int) -> d
         res = llm_perplexity(server.llm, [server.task.prompt(ex) + server.task.completion(ex) for ex in test],
                              adapter=version)
     return {f"test/{k}": v for k, v in res.items() if k != "n"}
+
+
+def published_path(server: ServerContext, version: str) -> str:
+    """The adapter folder of a published version id (`name@vN`)."""
+    name = version.rsplit("@v", 1)[0]
+    for v in server.llm.versions().get(name, []):
+        if v.id == version:
+            return v.path
+    raise KeyError(f"adapter version {version!r} is not published in the deployment")
 
 
 def version_number(version: str | None) -> int:

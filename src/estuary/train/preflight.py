@@ -110,7 +110,26 @@ def check_model(cfg: TrainConfig) -> tuple[str, int]:
     if missing:
         have = sorted(n for n in leaves if n.endswith("proj")) or sorted(leaves)[:12]
         raise ConfigError(f"train.lora.targets: {missing} are not modules of {cfg.model} (it has {', '.join(have)})")
+    if cfg.init_adapter is not None:
+        check_init_adapter(cfg)
     return path, int(skeleton.get_input_embeddings().weight.shape[0])
+
+
+def check_init_adapter(cfg: TrainConfig) -> None:
+    """ConfigError unless `cfg.init_adapter` is a PEFT LoRA folder with the job's rank and targets."""
+    import json
+    from pathlib import Path
+
+    assert cfg.init_adapter is not None
+    conf = Path(cfg.init_adapter) / "adapter_config.json"
+    if not conf.is_file():
+        raise ConfigError(f"train.init_adapter: {cfg.init_adapter} has no adapter_config.json; give a PEFT adapter "
+                          "folder (a published version's path) or leave it unset for a fresh adapter")
+    have = json.loads(conf.read_text())
+    rank, targets = have.get("r"), sorted(have.get("target_modules") or [])
+    if rank != cfg.lora.r or targets != sorted(cfg.lora.targets):
+        raise ConfigError(f"train.init_adapter: {cfg.init_adapter} has r={rank}, targets {targets}; the job has "
+                          f"train.lora r={cfg.lora.r}, targets {sorted(cfg.lora.targets)} — make them equal")
 
 
 def check_knowledge(knowledge: Any, workers: int, *, shuffle_seed: int | None = None,

@@ -69,6 +69,10 @@ class TrainConfig(BaseModel):
         "it over grouped by client or kind)."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    init_adapter: str | None = Field(
+        None, description="PEFT adapter folder the job starts from, e.g. the last published version's path (its "
+        "rank and targets must equal `lora`); None: a fresh LoRA adapter, seeded by `seed`."
+    )
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     zero: ZeroConfig = Field(default_factory=ZeroConfig)
     cpu_shm_comm: bool = Field(

@@ -43,11 +43,16 @@ def micro_batches(shard: Any, size: int, skip: int = 0) -> Iterator[list[dict[st
 
 
 def load_model(cfg: TrainConfig, model_path: str) -> tuple[Any, Any, int]:
-    """The base model with the job's fresh LoRA adapter (seeded), its tokenizer, and its vocabulary size."""
+    """The base model with the job's LoRA adapter (`init_adapter`'s weights, else fresh and seeded), its
+    tokenizer, and its vocabulary size."""
     from estuary.actors import slm
 
     model, tokenizer = slm.load_base(model_path, dtype=cfg.dtype)
     vocab = int(cast(torch.nn.Embedding, model.get_input_embeddings()).weight.shape[0])
+    if cfg.init_adapter is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True), tokenizer, vocab
     spec = slm.LoraSpec(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                         target_modules=tuple(cfg.lora.targets))
     return slm.attach_lora(model, spec, seed=cfg.seed), tokenizer, vocab
