@@ -34,6 +34,19 @@ def test_vocab_mapping_exact_then_min_edit_distance() -> None:
     assert m.exact_share == pytest.approx(3 / 6)
 
 
+def test_vocab_mapping_groups_ties_and_chunks() -> None:
+    """Inexact texts search the destination texts sharing their first character (all of them when none does),
+    the lowest id wins a tie, and the result does not depend on how many source texts go to cdist at once."""
+    dst = ["cab", "cat", "dog", "ca", "éclair", "x"]
+    src = ["cap", "caa", "dot", "ébène", "qq", "c", "catalog"]
+    m = vocab_mapping(src, dst)
+    # cap, caa: cab, cat and ca all at 1 → cab (lowest id); dot → dog; ébène → éclair, the only é text although
+    # every text is at 5; qq has no group → all texts, ca and x at 2 → ca; c → ca (1); catalog → cat (4)
+    assert m.ids.tolist() == [0, 0, 2, 4, 3, 3, 1]
+    assert not m.exact.any()
+    assert vocab_mapping(src, dst, chunk=1).ids.tolist() == m.ids.tolist()
+
+
 def test_sequence_alignment_identical_finer_coarser_unmatched() -> None:
     same = ["the", "cat", "sat"]
     assert align_sequences(same, same) == [(0, 0), (1, 1), (2, 2)]

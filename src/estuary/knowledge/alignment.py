@@ -89,8 +89,13 @@ class VocabMapping:
         return float(self.exact.mean()) if len(self.exact) else 0.0
 
 
-def vocab_mapping(src: Sequence[str], dst: Sequence[str]) -> VocabMapping:
-    """MinED mapping of source token texts onto destination token texts."""
+def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512) -> VocabMapping:
+    """MinED mapping of source token texts onto destination token texts.
+
+    An equal text maps exactly; any other source text maps to the destination text at the least Levenshtein
+    distance among those with the same first character (all of them when none has it), the lowest id on ties.
+    The distances are computed group by group with `rapidfuzz.process.cdist` (C++, all cores), `chunk` source
+    texts at a time."""
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
 
@@ -102,15 +107,21 @@ def vocab_mapping(src: Sequence[str], dst: Sequence[str]) -> VocabMapping:
             by_first.setdefault(text[0], []).append(j)
     ids = np.zeros(len(src), dtype=np.int64)
     exact = np.zeros(len(src), dtype=bool)
-    all_ids = list(range(len(dst)))
+    pending: dict[str, list[int]] = {}  # first character ("" = no group of its own) → inexact source ids
     for i, text in enumerate(src):
         hit = index.get(text)
         if hit is not None:
             ids[i], exact[i] = hit, True
-            continue
-        pool = by_first.get(text[:1], all_ids) if text else all_ids
-        best = process.extractOne(text, [dst[k] for k in pool], scorer=Levenshtein.distance)
-        ids[i] = pool[best[2]] if best else 0
+        else:
+            pending.setdefault(text[:1] if text[:1] in by_first else "", []).append(i)
+    for first, queries in pending.items():
+        pool = by_first[first] if first else list(range(len(dst)))
+        choices = [dst[k] for k in pool]
+        for at in range(0, len(queries), chunk):
+            part = queries[at:at + chunk]
+            dist = process.cdist([src[i] for i in part], choices, scorer=Levenshtein.distance, dtype=np.int32,
+                                 workers=-1)
+            ids[part] = np.asarray(pool, dtype=np.int64)[dist.argmin(axis=1)]
     return VocabMapping(ids, exact)
 
 
