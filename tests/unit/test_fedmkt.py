@@ -179,7 +179,8 @@ def test_mutual_exchange_builds_records_from_the_better_aligned_client() -> None
                                                    ([1, 6], ln(0.8, 0.1)), ([6, 1], ln(0.5, 0.1))])])
     client_b = payload([text([1, 2, 3, 4], [([5, 2], ln(0.6, 0.2)), ([4, 3], ln(0.6, 0.2)), ([5, 4], ln(0.9, 0.05)),
                                             ([5, 6], ln(0.5, 0.1))])])
-    ex = mutual_exchange("llm", llm, {"c000": ("a", client_a), "c001": ("b", client_b)}, FakeVocab())
+    ex = mutual_exchange("llm", llm, {"c000": ("a", client_a), "c001": ("b", client_b)}, FakeVocab(),
+                         metric="aligned")
     # the LLM distils towards client a on its own tokens; a's rows carried to LLM positions and ids
     assert ex.llm_choices == {"c000": 1} and ex.clients["c000"].chosen_by_llm == 1
     (record,) = ex.records
@@ -198,6 +199,26 @@ def test_mutual_exchange_builds_records_from_the_better_aligned_client() -> None
     b = ex.clients["c001"]
     assert b.took_llm == 1 and b.targets[0][0] == [[2, 5], [3, 4], [5, 4], [5, 6]]
     assert b.coverage_to_llm == [1.0] and b.vocab_exact_to_llm == 1.0
+
+
+def test_own_metric_ranks_teachers_by_their_own_cross_entropy() -> None:
+    """FuseLLM/FedMKT's metric_ce: each model's CE on the text in its own tokenisation, whatever its rows lose
+    in alignment. b (CE 0.2) beats the LLM (0.5), which beats a (0.9): the LLM takes b, a takes the LLM, b keeps
+    itself — the aligned metric above chose a for the LLM, and a kept itself."""
+    def with_ce(item: TextTopK, ce: float) -> TextTopK:
+        return TextTopK(text=item.text, token_ids=item.token_ids, tokens=item.tokens, topk=item.topk,
+                        token_logprobs=[None, *[-ce] * (len(item.token_ids) - 1)])
+
+    rows = [([2, 5], ln(0.5, 0.3)), ([3, 4], ln(0.5, 0.2)), ([5, 4], ln(0.6, 0.3)), ([5, 6], ln(0.5, 0.1))]
+    llm = payload([with_ce(text([1, 2, 3, 4], rows), 0.5)])
+    client_a = payload([with_ce(text([0, 2, 3, 4, 5, 1], [([2, 6], ln(0.9, 0.05))] * 6), 0.9)])
+    client_b = payload([with_ce(text([1, 2, 3, 4], rows), 0.2)])
+    ex = mutual_exchange("llm", llm, {"c000": ("a", client_a), "c001": ("b", client_b)}, FakeVocab())
+    assert ex.llm_choices == {"c001": 1} and ex.clients["c001"].chosen_by_llm == 1
+    assert ex.clients["c000"].took_llm == 1 and ex.clients["c001"].took_llm == 0
+    ces = choose_teacher({"self": ([[1]], [[-0.1]]), "x": ([[2]], [[-0.1]])}, [0, 1], 10, own_ces={"self": 1.0,
+                         "x": 2.0})[2]
+    assert ces == {"self": 1.0, "x": 2.0}
 
 
 def test_exchange_metrics_and_rows() -> None:

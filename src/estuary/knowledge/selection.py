@@ -1,6 +1,8 @@
 """FedMKT's selective transfer: for each public sample, the teacher whose distribution is distilled is chosen
 by its cross-entropy on the ground truth (the text itself): reward = exp(−CE); "greater" takes the best
-teacher among the model itself and the aligned others, "weighted_mean" mixes them by softmax of rewards."""
+teacher among the model itself and the aligned others, "weighted_mean" mixes them by softmax of rewards.
+The CE is each model's own on its own tokens (FuseLLM/FedMKT's `metric_ce`), or that of its rows once aligned
+to the target's tokens (`Metric`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 Rule = Literal["greater", "weighted_mean"]
+Metric = Literal["own", "aligned"]  # a teacher's CE: its own on its own tokens, or its aligned rows' (see fedmkt)
 
 
 def cross_entropy(token_logprobs: Sequence[float | None]) -> float:

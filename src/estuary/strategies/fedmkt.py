@@ -153,7 +153,7 @@ class FedMKT(Strategy):
         llm_spec = self.exp.server_config().model
         llm_topk = server.llm.topk_logprobs(texts, k=p.top_k, adapter=self.version)
         t0 = time.perf_counter()
-        ex = mutual_exchange(llm_spec, llm_topk, accepted, self._bank, p.selection)
+        ex = mutual_exchange(llm_spec, llm_topk, accepted, self._bank, p.selection, p.selection_metric)
         metrics["align/seconds"] = time.perf_counter() - t0
         metrics.update(_exchange_metrics(ex, len(texts)))
         self._targets = {cid: c.targets for cid, c in ex.clients.items()}

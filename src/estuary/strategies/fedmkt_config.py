@@ -23,6 +23,10 @@ class FedMKTConfig:
         default="greater", metadata={"help": "Teacher per public sample by reward exp(-CE) on the ground truth: "
                                      "greater = the best of the model itself and the aligned others; "
                                      "weighted_mean = their mixture weighted by softmax of the rewards."})
+    selection_metric: Literal["own", "aligned"] = field(
+        default="own", metadata={"help": "The CE that ranks teachers: own = each model's own CE on the text in "
+                                 "its own tokenisation (FuseLLM/FedMKT's metric_ce); aligned = the CE of its rows "
+                                 "aligned to the target's tokens (the alignment's losses count against it)."})
     distill_weight: float = field(
         default=0.1, metadata={"help": "λ of (1-λ)·LM + λ·KD, for the LLM and the SLMs alike (published 0.1)."})
     temperature: float = field(default=1.0, metadata={"help": "Distillation temperature (published 1.0)."})

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from estuary.knowledge.alignment import VocabMapping, position_map, transfer_topk
-from estuary.knowledge.selection import Rule, teacher_weights
+from estuary.knowledge.selection import Metric, Rule, cross_entropy, teacher_weights
 from estuary.serve.types import TextTopK, TopKLogprobs
 
 Rows = tuple[list[list[int]], list[list[float]]]
@@ -107,10 +107,13 @@ def mix_rows(rows: Sequence[Rows], weights: Sequence[float]) -> Rows:
 
 
 def choose_teacher(candidates: Mapping[str, Rows], token_ids: Sequence[int], vocab_size: int,
-                   rule: Rule = "greater") -> tuple[Rows, str, dict[str, float]]:
+                   rule: Rule = "greater", own_ces: Mapping[str, float] | None = None,
+                   ) -> tuple[Rows, str, dict[str, float]]:
     """The target rows of one sample, the winning candidate (highest weight) and every candidate's CE.
-    Candidates are in the target model's positions and vocabulary; put the model itself first."""
-    ces = {name: topk_cross_entropy(rows, token_ids, vocab_size) for name, rows in candidates.items()}
+    Candidates are in the target model's positions and vocabulary; put the model itself first. The CE is
+    `own_ces` (each model's own, on its own tokens) when given, else that of the candidate's rows here."""
+    ces = ({name: own_ces[name] for name in candidates} if own_ces is not None else
+           {name: topk_cross_entropy(rows, token_ids, vocab_size) for name, rows in candidates.items()})
     weights = teacher_weights(ces, rule)
     best = max(weights, key=lambda n: weights[n])
     used = [n for n in candidates if weights[n] > 0]
@@ -186,9 +189,10 @@ class Exchange:
 
 
 def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tuple[str, TopKLogprobs]],
-                    vocab: Vocabularies, rule: Rule = "greater") -> Exchange:
+                    vocab: Vocabularies, rule: Rule = "greater", metric: Metric = "own") -> Exchange:
     """Align every client's knowledge to the LLM and the LLM's to every client, and choose per sample: the
-    LLM's target among itself and the aligned clients, each client's among itself and the aligned LLM."""
+    LLM's target among itself and the aligned clients, each client's among itself and the aligned LLM. A
+    teacher's CE is its own on the text (metric "own", FuseLLM/FedMKT's) or its aligned rows' ("aligned")."""
     llm_texts = vocab.texts(llm_spec)
     out = {cid: ClientExchange(spec) for cid, (spec, _) in clients.items()}
     maps: dict[str, tuple[VocabMapping, VocabMapping]] = {}
@@ -201,20 +205,25 @@ def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tupl
     for s, item in enumerate(llm.texts):
         l_texts, l_rows = texts_of(item.token_ids, llm_texts), rows_of(item)
         candidates: dict[str, Rows] = {LLM: l_rows}
+        own = {LLM: cross_entropy(item.token_logprobs)} if metric == "own" else None
         for cid, (spec, payload) in clients.items():
             c_item, ex = payload.texts[s], out[cid]
             c_texts, c_rows = texts_of(c_item.token_ids, vocab.texts(spec)), rows_of(c_item)
             to_llm, cov = align_rows(c_texts, c_rows, l_texts, maps[spec][0].ids)
             from_llm, cov_back = align_rows(l_texts, l_rows, c_texts, maps[spec][1].ids)
             candidates[cid] = to_llm
+            pair = None
+            if own is not None:
+                own[cid] = cross_entropy(c_item.token_logprobs)
+                pair = {SELF: own[cid], LLM: own[LLM]}
             target, best, _ = choose_teacher({SELF: c_rows, LLM: from_llm}, c_item.token_ids,
-                                             len(vocab.texts(spec)), rule)
+                                             len(vocab.texts(spec)), rule, pair)
             ex.targets.append(target)
             ex.took_llm += best == LLM
             ex.coverage_to_llm.append(cov)
             ex.coverage_from_llm.append(cov_back)
             ex.positions += len(c_item.token_ids)
-        target, best, _ = choose_teacher(candidates, item.token_ids, len(llm_texts), rule)
+        target, best, _ = choose_teacher(candidates, item.token_ids, len(llm_texts), rule, own)
         records.append(distill_record(item.token_ids, target))
         choices[best] += 1
         if best in out:
