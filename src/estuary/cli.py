@@ -57,7 +57,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from estuary.platform.records import Recorder, open_run_dir
-    from estuary.platform.report import counts_table, draw_plots, llm_rounds_table, phases_table, results_table
+    from estuary.platform.report import (
+        alignment_table,
+        counts_table,
+        draw_plots,
+        llm_rounds_table,
+        phases_table,
+        results_table,
+    )
 
     runs = []
     for d in args.run_dirs:
@@ -68,7 +75,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 console.print(f"plot: {p}")
     out = _console(stderr=False)
     out.print(results_table(*(s for s, _ in runs)))
-    for extra in (llm_rounds_table(runs), phases_table(runs), counts_table(runs)):
+    for extra in (llm_rounds_table(runs), phases_table(runs), counts_table(runs), alignment_table(runs)):
         if extra is not None:
             out.print(extra)
     return 0

@@ -122,7 +122,7 @@ def test_results_table_one_row_per_privacy_target_and_baselines_once_per_seed() 
 def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from estuary.platform.report import counts_table, draw_plots, llm_rounds_table, phases_table
+    from estuary.platform.report import alignment_table, counts_table, draw_plots, llm_rounds_table, phases_table
 
     rounds = [{"strategy": "crosslm", "round": r, "phases_s": {"prepare": 2.0, "clients": 5.0, "server": 7.0},
                "metrics": {"client/test/accuracy/mean": 0.6, "client/test/accuracy/min": 0.5,
@@ -154,5 +154,14 @@ def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     row = next(ln for ln in console.export_text().splitlines() if "test/accuracy" in ln)
     assert [c.strip() for c in row.split("│")[3:6]] == ["0.690 ± 0.000", "0.710 ± 0.000", "0.720 ± 0.000"]
     assert llm_rounds_table([({"name": "x"}, counted)]) is None
+    aligned = [{"strategy": "fedmkt", "round": r, "metrics": {"server/align/gemma/seq_coverage": 0.7 + r / 10,
+                                                             "server/align/seconds": 2.0}} for r in (1, 2)]
+    table = alignment_table([({"name": "x"}, aligned), ({"name": "x"}, aligned[:1])])
+    assert table is not None
+    console.print(table)
+    row = next(ln for ln in console.export_text().splitlines() if "gemma" in ln)
+    # run 1: mean of 0.8 and 0.9; run 2: 0.8 → 0.825 ± std(0.85, 0.8); the columns it did not report: —
+    assert [c.strip() for c in row.split("│")[3:7]] == ["—", "—", "0.825 ± 0.035", "—"]
+    assert alignment_table([({"name": "x"}, counted)]) is None
     (plot,) = draw_plots(tmp_path)
     assert plot.exists() and plot.stat().st_size > 0

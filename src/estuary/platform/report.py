@@ -174,6 +174,38 @@ def counts_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Tab
     return table
 
 
+ALIGN_COLUMNS = [("vocab exact →LLM", "vocab_exact"), ("vocab exact ←LLM", "vocab_exact_from_llm"),
+                 ("seq coverage →LLM", "seq_coverage"), ("seq coverage ←LLM", "seq_coverage_from_llm")]
+
+
+def alignment_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Table | None:
+    """FedMKT's token alignment per client model ↔ LLM pair: the share of vocabulary mapped exactly and of
+    sequence positions aligned one-to-one to an equal text, both ways; mean over rounds, ± std over runs."""
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}  # (label, model) → column → one mean per run
+    several = _several_targets(s for s, _ in runs)
+    for summary, rounds in runs:
+        seen: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for r in rounds:
+            for key, value in r.get("metrics", {}).items():
+                parts = key.split("/")
+                if len(parts) == 4 and parts[:2] == ["server", "align"]:
+                    row = seen.setdefault((_label(summary, r["strategy"], several), parts[2]), {})
+                    row.setdefault(parts[3], []).append(value)
+        for pair, cols in seen.items():
+            for col, values in cols.items():
+                per.setdefault(pair, {}).setdefault(col, []).append(statistics.fmean(values))
+    if not per:
+        return None
+    table = Table(title="token alignment, client model ↔ LLM (mean over rounds; ± std over runs)")
+    table.add_column("strategy")
+    table.add_column("client model")
+    for title, _ in ALIGN_COLUMNS:
+        table.add_column(title, justify="right")
+    for (label, model), cols in per.items():
+        table.add_row(label, model, *(_fmt(cols[key]) if key in cols else "—" for _, key in ALIGN_COLUMNS))
+    return table
+
+
 def results_table(*summaries: dict[str, Any]) -> Table:
     """One row per strategy (per privacy target); with several runs (seeds), cells are mean ± std across runs."""
     first = summaries[0]
