@@ -23,8 +23,8 @@ PUBLIC = 6
 
 def fedmkt_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides: Any) -> dict[str, Any]:
     return tiny_job(
-        tmp_path, model_dir, method="fedmkt", baselines=[], rounds=2, clients={"count": 2, "pool_size": 2,
-                                                                         "resources": {"num_cpus": 0.9}},
+        tmp_path, model_dir, method="fedmkt", baselines=overrides.pop("baselines", []), rounds=2,
+        clients={"count": 2, "pool_size": 2, "resources": {"num_cpus": 0.9}},
         data={"task": "sst2", "train_size": 60, "test_size": 16, "client_eval_max": 8},
         server={"model": server_config.model, "app_name": server_config.app_name, "dtype": "float32"},
         method_params={
@@ -37,8 +37,11 @@ def fedmkt_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides:
 
 
 def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server_config: Any) -> None:
-    job = fedmkt_job(tmp_path, tiny_model_dir, server_config)
-    run_dir = run_experiment(ExperimentConfig.model_validate(job), show_progress=False)
+    from estuary.data.federated import build_federated_data
+
+    job = fedmkt_job(tmp_path, tiny_model_dir, server_config, baselines=["llm_centralized"])
+    cfg = ExperimentConfig.model_validate(job)
+    run_dir = run_experiment(cfg, show_progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete"
     rounds = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "fedmkt"]
@@ -73,6 +76,14 @@ def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server
     server_rows = [k for k in knowledge if k["client"] == "server"]
     assert server_rows[0]["adapter"] is None and server_rows[1]["adapter"]
     assert "fedmkt-e2e" in llm.versions()
+    # the LLM's centralized bound: the pooled client shards, the method's server training settings over both
+    # rounds (2 steps × 2), published as its own adapter and evaluated on the same test examples
+    (bound,) = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "llm_centralized"]
+    pooled = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed).union().train
+    m = bound["metrics"]
+    assert m["server/llm_train/records"] == len(pooled) > PUBLIC and m["server/llm_train/loss_last"] > 0
+    assert 0 <= m["server/llm/test/accuracy"] <= 1 and "llm_centralized" in llm.versions()
+    assert not [c for c in read_jsonl(run_dir / "clients.jsonl") if c["strategy"] == "llm_centralized"]
     clients_rows = [c for c in read_jsonl(run_dir / "clients.jsonl") if c["strategy"] == "fedmkt"]
     assert len(clients_rows) == 8  # 2 clients × 2 phases × 2 rounds
     assert all("test/accuracy" in c["metrics"] for c in clients_rows if c["round"] == 2 and

@@ -253,5 +253,5 @@ def test_jobs_load(job: str) -> None:
     from estuary.platform.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{job}.yaml")
-    assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized"]
+    assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized", "llm_centralized"]
     assert cfg.method_params["top_k"] <= cfg.server.max_logprobs

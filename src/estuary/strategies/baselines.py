@@ -1,17 +1,23 @@
 """The baselines: zero-shot (pretrained, no training), standalone (each client trains on its own
-shard only) and centralized (one model trained on all clients' data pooled; non-private bound)."""
+shard only), centralized (one model trained on all clients' data pooled; non-private bound) and
+llm_centralized (the server LLM's adapter trained on the pooled data: the bound of the mutual methods' LLM)."""
 
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from estuary.actors.egress import Egress
 from estuary.data.federated import CENTRAL
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import Strategy
-from estuary.strategies.baselines_config import CentralizedConfig, StandaloneConfig, ZeroShotConfig
+from estuary.strategies.baselines_config import (
+    CentralizedConfig,
+    LLMCentralizedConfig,
+    StandaloneConfig,
+    ZeroShotConfig,
+)
 
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
@@ -79,3 +85,43 @@ class Centralized(Standalone):
     def local_steps(self) -> int:
         p: CentralizedConfig = self.params
         return self.exp.training.steps * self.exp.clients.count if p.steps is None else p.steps
+
+
+@register
+class LLMCentralized(Strategy):
+    """No client work: the driver pools every client's training shard (the non-private setting this bound
+    stands for), fine-tunes the served LLM's adapter on prompt → completion with Ray Train + DeepSpeed, as
+    CrossLM and FedMKT train theirs, publishes it and evaluates it through the deployment."""
+
+    name = "llm_centralized"
+    config_class: ClassVar[type] = LLMCentralizedConfig
+    description = "The server LLM (LoRA) fine-tuned on all clients' data pooled: the mutual methods' LLM bound."
+
+    def num_rounds(self) -> int:
+        return 1
+
+    def client_ids(self) -> list[str]:
+        return []
+
+    def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
+        raise RuntimeError("llm_centralized runs no client tasks")
+
+    def server_step(self, rnd: int, agg: dict, server: ServerContext) -> dict[str, float]:
+        from estuary.data.federated import build_federated_data
+        from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter
+
+        p: LLMCentralizedConfig = self.params
+        method: dict[str, Any] = dict(self.exp.method_params or {})
+        data = build_federated_data(self.exp.data.model_dump_json(), self.exp.clients.count, self.exp.seed)
+        records = [{"prompt": server.task.prompt(ex), "completion": server.task.completion(ex)}
+                   if server.task.completion(ex) else {"text": server.task.prompt(ex)} for ex in data.union().train]
+        train = dict(p.llm_train if p.llm_train is not None else method.get("llm_train", {}))
+        train.pop("objective", None)  # plain supervised fine-tuning: no teacher rows here
+        steps = p.steps if p.steps is not None else int(train.get("steps", 20)) * self.exp.rounds
+        config = {**train, "model": self.exp.server_config().model, "seed": self.exp.seed, "steps": steps}
+        config.setdefault("checkpoint_every", steps)
+        version, metrics = train_server_adapter(self, rnd, server, records, config, what="fine-tuned")
+        size = p.llm_eval_size if p.llm_eval_size is not None else int(method.get("llm_eval_size", 100))
+        out = {f"llm_train/{k}": v for k, v in metrics.items()}
+        out.update({f"llm/{k}": v for k, v in evaluate_served_llm(server, version, size).items()})
+        return out

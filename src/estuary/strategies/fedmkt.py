@@ -12,9 +12,10 @@ from it), each example as its full text, prompt + label word. Per round:
 - server: the LLM's top-k on the same texts comes from the deployment (current adapter version). Each
   client's knowledge is aligned to the LLM (DTW over token texts, MinED vocabulary mapping cached per
   tokenizer pair) and the LLM's to each client. Per sample the LLM's target is the best teacher (reward
-  exp(-CE) on the LLM's tokens of the text, "greater") among itself and the aligned clients; its adapter is
-  distilled on them ((1-λ)·LM + λ·KD, Ray Train + DeepSpeed) and published. Each client's target is the
-  better of itself and the aligned LLM, on its own tokens.
+  exp(-CE), "greater"; the CE each model has on the text in its own tokenisation, `selection_metric: own`)
+  among itself and the aligned clients; its adapter, continued from its last version, is distilled on them
+  ((1-λ)·LM + λ·KD, Ray Train + DeepSpeed) and published. Each client's target is the better of itself and
+  the aligned LLM.
 - phase 2 `distill` (clients): each client trains on the public texts towards its targets, then is evaluated.
 
 Round metrics report the alignment per tokenizer pair (`server/align/<client model>/...`: vocabulary exact
