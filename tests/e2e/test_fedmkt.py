@@ -56,7 +56,9 @@ def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server
             assert 0 <= m[f"server/align/{label}/{key}"] <= 1
         assert m[f"server/align/{label}/seq_coverage"] > 0  # the two tokenizers share whole words
         assert m["server/select/llm_self"] + m["server/select/llm_from_clients"] == PUBLIC
-        assert 0 <= m["server/select/clients_took_llm"] <= 1
+        assert 0 <= m["server/select/clients_took_llm_share"] <= 1
+        assert m["server/select/clients_took_llm"] == sum(k["took_llm"] for k in knowledge
+                                                          if k["round"] == r["round"] and k["client"] != "server")
         assert m["server/llm_train/records"] == PUBLIC and m["server/llm_train/loss_last"] > 0
         assert 0 <= m["server/llm/test/accuracy"] <= 1
         assert m["client/knowledge/texts/mean"] == PUBLIC and m["client/knowledge/positions/min"] > PUBLIC

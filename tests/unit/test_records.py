@@ -141,12 +141,14 @@ def test_phases_table_and_llm_plot(tmp_path: Path) -> None:
     assert [c.strip() for c in row.split("│")[2:5]] == ["3.0", "7.5", "10.5"]  # (4+2)/2, (10+5)/2, (14+7)/2
     assert phases_table([({"name": "x"}, [{"strategy": "s", "round": 1, "metrics": {}}])]) is None
     counted = [{"strategy": "fdkt", "round": r, "metrics": {"server/filter/synthetic/kept": 10.0 * r,
+                                                           "server/select/took_share": 0.5,  # a share: no sum
                                                            "server/llm/adapter_version": 1.0}} for r in (1, 2)]
     table = counts_table([({"name": "x"}, counted), ({"name": "x"}, counted[:1])])
     assert table is not None
     console.print(table)
     row = next(ln for ln in console.export_text().splitlines() if "filter/synthetic/kept" in ln)
     assert row.split("│")[2].strip() == "20.0"  # (10 + 20 + 10) / 2 runs
+    assert "took_share" not in console.export_text()
     assert counts_table([({"name": "x"}, rounds)]) is None
     table = llm_rounds_table([({"name": "x"}, rounds), ({"name": "x"}, rounds)])
     assert table is not None

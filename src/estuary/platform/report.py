@@ -155,7 +155,7 @@ def counts_table(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Tab
         sums: dict[str, dict[str, float]] = {}
         for r in rounds:
             for key, value in r.get("metrics", {}).items():
-                if key.startswith(COUNT_PREFIXES) and "adapter_version" not in key:
+                if key.startswith(COUNT_PREFIXES) and "adapter_version" not in key and not key.endswith("_share"):
                     row = sums.setdefault(_label(summary, r["strategy"], several), {})
                     row[key.removeprefix("server/")] = row.get(key.removeprefix("server/"), 0.0) + value
         for label, row in sums.items():

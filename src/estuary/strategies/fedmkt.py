@@ -203,7 +203,8 @@ def _exchange_metrics(ex: Exchange, samples: int) -> dict[str, float]:
     out["select/llm_self"] = float(ex.llm_choices.get(LLM, 0))
     out["select/llm_from_clients"] = float(samples - ex.llm_choices.get(LLM, 0)) if ex.clients else 0.0
     if ex.clients:
-        out["select/clients_took_llm"] = statistics.fmean(c.took_llm / samples for c in ex.clients.values())
+        out["select/clients_took_llm"] = float(sum(c.took_llm for c in ex.clients.values()))  # client-samples
+        out["select/clients_took_llm_share"] = statistics.fmean(c.took_llm / samples for c in ex.clients.values())
     return out
 
 
