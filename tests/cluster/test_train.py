@@ -1,6 +1,7 @@
 """Server training on the shared local Ray cluster: a 2-worker ZeRO-2 DeepSpeed job on CPU (gloo) whose loss
-decreases, recovery of a failed worker from the last checkpoint, a new job resuming an old one, and bad
-input failing in one line before any worker starts."""
+decreases, one seed fixing a run to the last bit (dropout and recovery included), recovery of a failed
+worker from the last checkpoint, a new job resuming an old one, and bad input failing in one line before
+any worker starts."""
 
 from __future__ import annotations
 
@@ -93,6 +94,23 @@ def test_zero2_two_workers_recover_from_a_failed_worker_and_resume(tmp_path: Pat
     with pytest.raises(ConfigError, match="written by 2 workers"):
         ServerTrainer(tiny_config(tiny_model_dir, workers=1, steps=9), storage_path=storage).fit(
             knowledge, name="other", resume_from=more.checkpoint_dir)
+
+
+def test_a_seed_fixes_the_run_dropout_and_recovery_included(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Two jobs with one seed train alike to the last bit, LoRA dropout included (its masks are drawn from
+    (seed, rank, step), not from the worker's global RNG), even when one of them loses a worker and resumes
+    from its checkpoint; another seed trains otherwise."""
+    knowledge = sst2_records(8)
+    lora = {"r": 4, "alpha": 8, "dropout": 0.3}
+    first = ServerTrainer(tiny_config(tiny_model_dir, steps=4, lora=lora),
+                          storage_path=tmp_path / "a").fit(knowledge, name="job")
+    again = ServerTrainer(tiny_config(tiny_model_dir, steps=4, lora=lora, fault_drill_step=3, max_failures=1),
+                          storage_path=tmp_path / "b").fit(knowledge, name="job")
+    assert again.state.attempts == 2 and again.state.resumed_from == 2
+    assert again.state.losses == first.state.losses, (first.state.losses, again.state.losses)
+    other = ServerTrainer(tiny_config(tiny_model_dir, steps=4, lora=lora, seed=1),
+                          storage_path=tmp_path / "c").fit(knowledge, name="job")
+    assert other.state.losses != first.state.losses
 
 
 @pytest.mark.e2e

@@ -4,8 +4,9 @@ Each worker loads the base model, attaches a LoRA adapter (same seed on every ra
 equal), wraps it in a DeepSpeed engine (ZeRO stage from the job) on the process group Ray Train created
 (gloo on CPU, NCCL on GPU), restores the last checkpoint if there is one, and runs the job's optimizer
 steps on micro-batches of its own shard (`ray.train.get_dataset_shard("train")`), cycling through the
-shard as often as needed. Every `checkpoint_every` steps (and at the end) all ranks save their part of a
-checkpoint and report it together with the mean losses of the steps since the last report.
+shard as often as needed. Dropout masks come from (seed, rank, step, micro-batch), so a seed fixes the
+run, recovered and resumed jobs included. Every `checkpoint_every` steps (and at the end) all ranks save
+their part of a checkpoint and report it together with the mean losses of the steps since the last report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, cast
 
 import torch
 
+from estuary.actors.slm import _mix, _rng_scope
 from estuary.errors import DataError
 from estuary.train import checkpoint
 from estuary.train.checkpoint import TrainerState
@@ -118,15 +120,18 @@ def train_loop(config: dict[str, Any]) -> None:
             raise RuntimeError(f"fault drill: worker {rank} fails at step {step} (train.fault_drill_step)")
         began = time.perf_counter()
         sums = [0.0, 0.0, 0.0]
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             batch = collate(next(batches), tokenizer, cfg.max_length, vocab)
             dev = engine.device
-            logits = engine(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
-            parts = objective(logits, _to(batch["labels"], dev), _to(batch["topk_ids"], dev),
-                              _to(batch["topk_logprobs"], dev),
-                              distill_weight=obj.distill_weight, temperature=obj.temperature,
-                              tail_bucket=obj.tail_bucket)
-            engine.backward(parts.loss)
+            # Dropout masks from (seed, rank, step, micro-batch): a seed fixes the run, resumed runs included.
+            with _rng_scope(_mix(cfg.seed, rank, step, micro, 5), dev):
+                logits = engine(input_ids=batch["input_ids"].to(dev),
+                                attention_mask=batch["attention_mask"].to(dev)).logits
+                parts = objective(logits, _to(batch["labels"], dev), _to(batch["topk_ids"], dev),
+                                  _to(batch["topk_logprobs"], dev),
+                                  distill_weight=obj.distill_weight, temperature=obj.temperature,
+                                  tail_bucket=obj.tail_bucket)
+                engine.backward(parts.loss)
             engine.step()  # DeepSpeed applies the optimizer at gradient-accumulation boundaries
             sums = [sums[0] + float(parts.loss.detach()), sums[1] + float(parts.sft), sums[2] + float(parts.kd)]
             pending_tokens += batch["tokens"]
