@@ -20,6 +20,8 @@ from estuary.strategies.fedmkt_knowledge import (
     KnowledgeRejected,
     check_client_knowledge,
     choose_teacher,
+    completion_start,
+    distill_record,
     mix_rows,
     mutual_exchange,
     topk_cross_entropy,
@@ -219,6 +221,29 @@ def test_own_metric_ranks_teachers_by_their_own_cross_entropy() -> None:
     ces = choose_teacher({"self": ([[1]], [[-0.1]]), "x": ([[2]], [[-0.1]])}, [0, 1], 10, own_ces={"self": 1.0,
                          "x": 2.0})[2]
     assert ces == {"self": 1.0, "x": 2.0}
+
+
+def test_completion_ground_truth_ranks_teachers_on_the_label_and_masks_the_prompt() -> None:
+    """FedMKT's reference code masks the prompt (-100): a teacher's own CE and the LLM's LM term count only the
+    completion. The LLM predicts the prompt far better (0.1 vs 3.0 per token) but the label word worse (2.0 vs
+    0.3): over the whole text it wins, over the completion b wins, and the LLM's record trains on 'great'."""
+    rows = [([2, 5], ln(0.5, 0.3))] * 4
+    llm_item, b_item = text([1, 2, 3, 4], rows), text([1, 2, 3, 4], rows)
+    llm = payload([TextTopK(text=llm_item.text, token_ids=llm_item.token_ids, tokens=llm_item.tokens,
+                            topk=llm_item.topk, token_logprobs=[None, -0.1, -0.1, -2.0])])
+    client_b = payload([TextTopK(text=b_item.text, token_ids=b_item.token_ids, tokens=b_item.tokens,
+                                 topk=b_item.topk, token_logprobs=[None, -3.0, -3.0, -0.3])])
+    whole = mutual_exchange("llm", llm, {"c001": ("b", client_b)}, FakeVocab())
+    assert whole.llm_choices == {"llm": 1} and whole.clients["c001"].took_llm == 1
+    assert "sft_from" not in whole.records[0]
+    label = mutual_exchange("llm", llm, {"c001": ("b", client_b)}, FakeVocab(),
+                            completion_ids={"llm": [[4]], "b": [[4]]})
+    assert label.llm_choices == {"c001": 1} and label.clients["c001"].took_llm == 0
+    assert label.records[0]["sft_from"] == 3
+    # the start is where the text's tokens end with the completion's; none shared: no ground truth (KD only)
+    assert completion_start([1, 2, 3, 4], [3, 4]) == 2 and completion_start([1, 2, 3, 4], None) == 0
+    assert completion_start([1, 2, 3, 4], [9]) == 4
+    assert distill_record([1, 2], ([[1], [2]], [[-0.1], [-0.1]]), 2)["sft"] is False
 
 
 def test_exchange_metrics_and_rows() -> None:

@@ -32,6 +32,8 @@ def _distill(n: int = 3) -> dict[str, Any]:
     ({}, "empty record"),
     ("just text", "is a mapping"),
     ({"text": "x", "input_ids": [1]}, "not both"),
+    ({"input_ids": [1, 2], "sft_from": 2}, "sft_from must be a token index of input_ids (0 to 1)"),
+    ({"input_ids": [1, 2], "sft_from": True}, "sft_from must be a token index"),
 ])
 def test_bad_records_are_one_line(record: Any, expected: str) -> None:
     with pytest.raises(DataError) as info:
@@ -85,6 +87,15 @@ def test_collate_distillation_pads_topk_and_truncates(tokenizer: Any) -> None:
     parts = objective(torch.zeros(2, 4, len(tokenizer)), batch["labels"], batch["topk_ids"],
                       batch["topk_logprobs"], distill_weight=0.5)
     assert parts.kd_positions == 6 and parts.sft_tokens == 1
+
+
+def test_sft_from_counts_only_the_completion(tokenizer: Any) -> None:
+    batch = collate([{**_distill(4), "sft_from": 3}, _distill(4)], tokenizer, max_length=8, vocab_size=len(tokenizer))
+    assert (batch["labels"][0, :3] == IGNORE).all() and batch["labels"][0, 3].item() == batch["input_ids"][0, 3]
+    assert (batch["labels"][1] == batch["input_ids"][1]).all()
+    parts = objective(torch.zeros(2, 4, len(tokenizer)), batch["labels"], batch["topk_ids"],
+                      batch["topk_logprobs"], distill_weight=0.5)
+    assert parts.sft_tokens == 1 + 3 and parts.kd_positions == 8  # the prompt still carries the KD term
 
 
 def test_collate_rejects_ids_outside_the_vocabulary(tokenizer: Any) -> None:

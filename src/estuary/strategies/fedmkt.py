@@ -154,7 +154,8 @@ class FedMKT(Strategy):
         llm_spec = self.exp.server_config().model
         llm_topk = server.llm.topk_logprobs(texts, k=p.top_k, adapter=self.version)
         t0 = time.perf_counter()
-        ex = mutual_exchange(llm_spec, llm_topk, accepted, self._bank, p.selection, p.selection_metric)
+        ex = mutual_exchange(llm_spec, llm_topk, accepted, self._bank, p.selection, p.selection_metric,
+                             self._completion_ids(server, {llm_spec, *(spec for spec, _ in accepted.values())}))
         metrics["align/seconds"] = time.perf_counter() - t0
         metrics.update(_exchange_metrics(ex, len(texts)))
         self._targets = {cid: c.targets for cid, c in ex.clients.items()}
@@ -167,6 +168,14 @@ class FedMKT(Strategy):
         metrics["llm/adapter_version"] = float(version_number(self.version))
         metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
         return metrics
+
+    def _completion_ids(self, server: ServerContext, specs: set[str]) -> dict[str, list[list[int]]] | None:
+        """Each model's tokens of each public completion, when the completion is the ground truth."""
+        if self.params.lm_loss != "completion":
+            return None
+        words = [server.task.completion(ex) for ex in self.public()]
+        return {spec: [self._bank.tokenizer(spec)(w, add_special_tokens=False)["input_ids"] for w in words]
+                for spec in specs}
 
     def _train_llm(self, rnd: int, server: ServerContext,
                    records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:

@@ -34,8 +34,9 @@ class FedMKTConfig:
         default=True, metadata={"help": "KD over the top-k plus one bucket for the rest of the mass (see "
                                 "estuary.train.objective); False renormalises the teacher over its top k."})
     lm_loss: Literal["text", "completion"] = field(
-        default="text", metadata={"help": "SLM language-model term on the public texts: every token (text) or "
-                                  "only the label word (completion)."})
+        default="completion", metadata={"help": "Ground truth of a public text, for every model's language-model "
+                                        "term and the own CE that ranks teachers: its completion (the label word;"
+                                        " FedMKT's reference code masks the prompt) or every token (text)."})
     local_steps: int | None = field(
         default=None, metadata={"help": "Phase-1 steps on private data; None = training.steps."})
     distill_steps: int | None = field(

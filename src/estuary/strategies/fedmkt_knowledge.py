@@ -122,10 +122,35 @@ def choose_teacher(candidates: Mapping[str, Rows], token_ids: Sequence[int], voc
     return mix_rows([candidates[n] for n in used], [weights[n] for n in used]), best, ces
 
 
-def distill_record(input_ids: Sequence[int], rows: Rows) -> dict[str, Any]:
-    """A server-LLM distillation record (`estuary.train.knowledge`): its tokens and the chosen targets."""
-    return {"input_ids": [int(i) for i in input_ids], "topk_ids": [list(r) for r in rows[0]],
-            "topk_logprobs": [list(r) for r in rows[1]]}
+def distill_record(input_ids: Sequence[int], rows: Rows, sft_from: int = 0) -> dict[str, Any]:
+    """A server-LLM distillation record (`estuary.train.knowledge`): its tokens, the chosen targets, and the
+    first token of its language-model term (`sft_from`; past the end: no LM term, distillation only)."""
+    rec: dict[str, Any] = {"input_ids": [int(i) for i in input_ids], "topk_ids": [list(r) for r in rows[0]],
+                           "topk_logprobs": [list(r) for r in rows[1]]}
+    if sft_from >= len(input_ids):
+        rec["sft"] = False
+    elif sft_from > 0:
+        rec["sft_from"] = sft_from
+    return rec
+
+
+def completion_start(token_ids: Sequence[int], completion_ids: Sequence[int] | None) -> int:
+    """Index of a text's first ground-truth token: where its tokens end with the completion's own tokens
+    (clients concatenate them as ids; a served LLM's whole-text tokenisation ends the same way for a label
+    word), else after what they share at the end. None: every token is ground truth."""
+    if completion_ids is None:
+        return 0
+    n = 0
+    for a, b in zip(reversed(token_ids), reversed(completion_ids), strict=False):
+        if a != b:
+            break
+        n += 1
+    return len(token_ids) - n
+
+
+def _own_ce(item: TextTopK, start: int) -> float:
+    """A model's own CE on a text's ground-truth tokens (`token_logprobs[t]` is that of token t)."""
+    return cross_entropy(item.token_logprobs[start:])
 
 
 class Vocabularies(Protocol):
@@ -189,10 +214,14 @@ class Exchange:
 
 
 def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tuple[str, TopKLogprobs]],
-                    vocab: Vocabularies, rule: Rule = "greater", metric: Metric = "own") -> Exchange:
+                    vocab: Vocabularies, rule: Rule = "greater", metric: Metric = "own",
+                    completion_ids: Mapping[str, Sequence[Sequence[int]]] | None = None) -> Exchange:
     """Align every client's knowledge to the LLM and the LLM's to every client, and choose per sample: the
     LLM's target among itself and the aligned clients, each client's among itself and the aligned LLM. A
-    teacher's CE is its own on the text (metric "own", FuseLLM/FedMKT's) or its aligned rows' ("aligned")."""
+    teacher's CE is its own on the text's ground truth (metric "own", FuseLLM/FedMKT's) or its aligned rows'
+    ("aligned"). `completion_ids` (model spec -> each public text's completion tokens) makes the completion the
+    ground truth, as FedMKT's reference code does by masking the prompt: the own CE and the LLM records' LM
+    term count only the completion's tokens. Without it every token counts."""
     llm_texts = vocab.texts(llm_spec)
     out = {cid: ClientExchange(spec) for cid, (spec, _) in clients.items()}
     maps: dict[str, tuple[VocabMapping, VocabMapping]] = {}
@@ -205,7 +234,8 @@ def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tupl
     for s, item in enumerate(llm.texts):
         l_texts, l_rows = texts_of(item.token_ids, llm_texts), rows_of(item)
         candidates: dict[str, Rows] = {LLM: l_rows}
-        own = {LLM: cross_entropy(item.token_logprobs)} if metric == "own" else None
+        l_start = completion_start(item.token_ids, completion_ids[llm_spec][s] if completion_ids else None)
+        own = {LLM: _own_ce(item, l_start)} if metric == "own" else None
         for cid, (spec, payload) in clients.items():
             c_item, ex = payload.texts[s], out[cid]
             c_texts, c_rows = texts_of(c_item.token_ids, vocab.texts(spec)), rows_of(c_item)
@@ -214,7 +244,8 @@ def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tupl
             candidates[cid] = to_llm
             pair = None
             if own is not None:
-                own[cid] = cross_entropy(c_item.token_logprobs)
+                own[cid] = _own_ce(c_item, completion_start(c_item.token_ids,
+                                                            completion_ids[spec][s] if completion_ids else None))
                 pair = {SELF: own[cid], LLM: own[LLM]}
             target, best, _ = choose_teacher({SELF: c_rows, LLM: from_llm}, c_item.token_ids,
                                              len(vocab.texts(spec)), rule, pair)
@@ -224,7 +255,7 @@ def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tupl
             ex.coverage_from_llm.append(cov_back)
             ex.positions += len(c_item.token_ids)
         target, best, _ = choose_teacher(candidates, item.token_ids, len(llm_texts), rule, own)
-        records.append(distill_record(item.token_ids, target))
+        records.append(distill_record(item.token_ids, target, l_start))
         choices[best] += 1
         if best in out:
             out[best].chosen_by_llm += 1

@@ -8,7 +8,8 @@ A record is one of two kinds; one data set may mix them.
   text in the server LLM's tokenisation and, at every position t, the clients' aggregated distribution of
   the token after t as top-k ids already mapped to the LLM's vocabulary with their log-probabilities
   (the same layout as `ServerLLM.topk_logprobs`; an empty list = no target at that position). Its tokens
-  also carry the SFT term of the mix (FedMKT's language-model loss) unless `"sft": false`.
+  also carry the SFT term of the mix (FedMKT's language-model loss) unless `"sft": false`; with
+  `"sft_from": n` only tokens n onwards do (a prompt's tokens are context, its completion the ground truth).
 
 Knowledge arrives as a `ray.data.Dataset`, a list of records, or object refs to lists of records (the
 round's outputs, never files copied by hand); `as_dataset` makes one Dataset of them, and each training
@@ -27,7 +28,7 @@ import torch
 from estuary.errors import DataError
 from estuary.train.objective import IGNORE
 
-FIELDS = ("prompt", "completion", "text", "input_ids", "topk_ids", "topk_logprobs", "sft")
+FIELDS = ("prompt", "completion", "text", "input_ids", "topk_ids", "topk_logprobs", "sft", "sft_from")
 _PROB_SLACK = 1e-3  # top-k probabilities may sum to a little over 1 (rounding in the clients' aggregation)
 
 
@@ -65,6 +66,12 @@ def normalize_record(record: Any, where: str = "record") -> dict[str, Any]:
         _check_topk(rec, where)
     if rec["sft"] is not None and not isinstance(rec["sft"], bool):
         raise DataError(f"{where}: sft must be true or false, got {rec['sft']!r}")
+    if rec["sft_from"] is not None:
+        n = len(rec["input_ids"] or [])
+        if not n or isinstance(rec["sft_from"], bool) or not isinstance(rec["sft_from"], int) \
+                or not 0 <= rec["sft_from"] < n:
+            raise DataError(f"{where}: sft_from must be a token index of input_ids (0 to {n - 1}), "
+                            f"got {rec['sft_from']!r}")
     return rec
 
 
@@ -147,7 +154,10 @@ def _tokens(row: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[int]]:
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if row.get("input_ids") is not None:
         ids = list(row["input_ids"])
-        return ids, (list(ids) if row.get("sft") is not False else [IGNORE] * len(ids))
+        if row.get("sft") is False:
+            return ids, [IGNORE] * len(ids)
+        start = row.get("sft_from") or 0
+        return ids, [IGNORE] * start + ids[start:]
     if row.get("prompt") is not None:
         prompt = tokenizer(row["prompt"])["input_ids"]
         completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + eos
