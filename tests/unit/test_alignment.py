@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from estuary.knowledge.alignment import (
-    align_sequences,
     cached_vocab_mapping,
     position_map,
     token_text,
@@ -49,20 +48,24 @@ def test_vocab_mapping_groups_ties_and_chunks() -> None:
 
 def test_sequence_alignment_identical_finer_coarser_unmatched() -> None:
     same = ["the", "cat", "sat"]
-    assert align_sequences(same, same) == [(0, 0), (1, 1), (2, 2)]
     assert position_map(same, same) == ([0, 1, 2], 1.0)
     finer = ["un", "believ", "able", "film"]
     coarse = ["unbelievable", "film"]
     # b coarser: its position takes the distribution after the last a-token of the span
     assert position_map(finer, coarse) == ([2, 3], 0.5)
-    # b finer: every piece of the span takes the only a-token covering it
-    assert position_map(coarse, finer) == ([0, 0, 0, 1], 0.25)
+    # b finer: only the span's last piece predicts what a's token does; the others predict the word's rest
+    assert position_map(coarse, finer) == ([-1, -1, 0, 1], 0.25)
+    assert position_map(["lame", "as"], ["l", "ame", "as"]) == ([-1, 0, 1], pytest.approx(1 / 3))
+    # whitespace-only tokens end where the token before them does: the last of each side ending there pairs
+    assert position_map([".", "Sent", "iment", ":"], [".", "\n", "Sentiment", ":"]) == ([-1, 0, 2, 3], 0.25)
+    # byte-fallback pieces (here two latin-1 characters for one 'é') lose only the boundaries they touch
+    assert position_map(["caf", "é", "!"], ["cafÃ", "©", "!"]) == ([-1, 1, 2], pytest.approx(1 / 3))
     src, cov = position_map(["the", "cat", "sat", "down"], ["the", "dog", "sat"])
     assert src[0] == 0 and src[2] in (2, 3) and cov == pytest.approx(1 / 3 if src[2] == 3 else 2 / 3)
     assert position_map(["the", "dog", "sat"], ["the", "cat", "sat"]) == ([0, 1, 2], pytest.approx(2 / 3))
     # special tokens (empty text) are left out of the alignment
     assert position_map(["the", "cat"], ["", "the", "cat"]) == ([-1, 0, 1], pytest.approx(2 / 3))
-    assert align_sequences([], ["x"]) == [] and position_map([], ["x"]) == ([-1], 0.0)
+    assert position_map([], ["x"]) == ([-1], 0.0)
 
 
 def test_transfer_topk_maps_and_merges() -> None:

@@ -108,8 +108,8 @@ def test_same_tokenizer_rows_are_the_teachers_at_the_same_tokens(student: tuple[
                           batch_size=2)
     ids = tok(TEXTS[0])["input_ids"]  # BOS + words
     t = got[0]
-    # coverage counts one-to-one equal tokens: not BOS (no text) nor "the", which also takes the control prefix
-    assert t.input_ids == ids and t.start == 1 and t.coverage == pytest.approx((len(ids) - 2) / len(ids))
+    # coverage counts positions taking an equal token: every word (after the teacher's control prefix), not BOS
+    assert t.input_ids == ids and t.start == 1 and t.coverage == pytest.approx((len(ids) - 1) / len(ids))
     assert t.topk_ids[0] == [] and t.topk_ids[-1] == []  # BOS (no text) and the last token (nothing to predict)
     assert t.hidden_mask == (False, True, True, True, False) and t.hidden.dtype == np.float16
     # the teacher's own sequence "<subject line>Label: text\nText: the movie was good": its row after "movie"

@@ -1,5 +1,5 @@
 """Token alignment across tokenizers (FedMKT): a vocabulary mapping by minimum edit distance, and a sequence
-alignment of two tokenisations of the same text by dynamic programming over edit distance.
+alignment of two tokenisations of the same text by dynamic programming over edit distance (character level).
 
 - `token_texts(tokenizer)`: every vocabulary entry as the text it stands for, word-boundary markers (the
   byte-level `Ġ`/`Ċ`, SentencePiece `▁`, WordPiece `##`) and byte-fallback `<0xNN>` decoded, surrounding
@@ -7,9 +7,10 @@ alignment of two tokenisations of the same text by dynamic programming over edit
 - `vocab_mapping(src, dst)`: each source token → the destination token with equal text, else the one with
   the minimum Levenshtein distance (rapidfuzz; candidates share the first character, else all). Cached on
   disk per tokenizer pair (`cached_vocab_mapping`).
-- `align_sequences(a, b)`: DTW over the two token-text sequences; `position_map` gives, for every position
-  of `b`, the position of `a` whose next-token distribution predicts the same thing (the last `a` token
-  aligned to it).
+- `position_map(a, b)`: for every position of `b`, the position of `a` whose next-token distribution
+  predicts the same thing: the last token of each ending at the same point of the text (found by aligning
+  the two whitespace-free texts character by character with Levenshtein opcodes); none inside a word the
+  other side keeps whole, where no distribution of `a` predicts b's next piece.
 - `transfer_topk`: a source model's top-k distributions carried to the destination positions and
   vocabulary (duplicates after mapping merged by log-sum-exp).
 """
@@ -17,7 +18,6 @@ alignment of two tokenisations of the same text by dynamic programming over edit
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import weakref
 from collections.abc import Sequence
@@ -159,46 +159,54 @@ def cached_vocab_mapping(src_tokenizer: Any, dst_tokenizer: Any, cache: Path | N
     return mapping
 
 
-def align_sequences(a: Sequence[str], b: Sequence[str]) -> list[tuple[int, int]]:
-    """DTW path of (i, j) pairs aligning token texts `a` to `b`: cost 0 for equal texts, else their
-    Levenshtein distance over the longer length; steps (1,1), (1,0), (0,1); starts at (0,0), ends at the ends."""
+_SPACE = re.compile(r"\s+")
+
+
+def _ends(texts: Sequence[str]) -> tuple[str, list[int]]:
+    """The texts joined without whitespace, and where each token ends in that string."""
+    out, ends, n = [], [], 0
+    for t in texts:
+        piece = _SPACE.sub("", t)
+        out.append(piece)
+        n += len(piece)
+        ends.append(n)
+    return "".join(out), ends
+
+
+def _offset_map(a: str, b: str) -> dict[int, int]:
+    """Offsets of `a` that the character-level edit-distance alignment to `b` carries over (inside and at the
+    edges of equal blocks): where a token of `a` ends there, a token of `b` may end at the same point."""
+    if a == b:
+        return {i: i for i in range(len(a) + 1)}
     from rapidfuzz.distance import Levenshtein
 
-    n, m = len(a), len(b)
-    if not n or not m:
-        return []
-    cost = np.array([[Levenshtein.normalized_distance(x, y) for y in b] for x in a], dtype=np.float64)
-    acc = np.full((n + 1, m + 1), math.inf)
-    acc[0, 0] = 0.0
-    for i in range(1, n + 1):
-        row, prev = acc[i], acc[i - 1]
-        for j in range(1, m + 1):
-            row[j] = cost[i - 1, j - 1] + min(prev[j - 1], prev[j], row[j - 1])
-    path = []
-    i, j = n, m
-    while i > 0 and j > 0:
-        path.append((i - 1, j - 1))
-        steps = (acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
-        k = int(np.argmin(steps))
-        i, j = (i - 1, j - 1) if k == 0 else (i - 1, j) if k == 1 else (i, j - 1)
-    return path[::-1]
+    out: dict[int, int] = {}
+    for op in Levenshtein.opcodes(a, b):
+        if op.tag == "equal":
+            for i in range(op.src_start, op.src_end + 1):
+                out[i] = op.dest_start + i - op.src_start
+    return out
 
 
 def position_map(a: Sequence[str], b: Sequence[str]) -> tuple[list[int], float]:
-    """For every position j of `b`, the position of `a` to take its distribution from (the last `a`
-    position aligned to j; -1 for an empty text, e.g. a special token such as BOS, which is left out of the
-    alignment); and the coverage: the share of `b` positions aligned one-to-one to an equal text."""
-    ka = [i for i, t in enumerate(a) if t]
-    kb = [j for j, t in enumerate(b) if t]
-    path = align_sequences([a[i] for i in ka], [b[j] for j in kb])
+    """For every position j of `b`, the position of `a` whose next-token distribution predicts what b's does:
+    both must be the last token ending at the same point of the text. Texts are compared without whitespace,
+    aligned character by character by edit distance (so differing normalisation or byte-fallback pieces only
+    lose the boundaries they touch). -1 where no `a` token ends there: inside a word that `a` keeps whole, or
+    an empty text (a special token such as BOS). Coverage: the share of `b` positions taking an `a` position
+    of equal text (the same token on both sides)."""
+    sa, ends_a = _ends(a)
+    sb, ends_b = _ends(b)
+    carry = _offset_map(sa, sb)
+    last_a: dict[int, int] = {}
+    for i, (text, end) in enumerate(zip(a, ends_a, strict=True)):
+        if text and end in carry:
+            last_a[carry[end]] = i  # in order: the last token ending there wins
+    last_b = {end: j for j, (text, end) in enumerate(zip(b, ends_b, strict=True)) if text}
     src = [-1] * len(b)
-    count_a = dict.fromkeys(ka, 0)
-    count_b = dict.fromkeys(kb, 0)
-    for i, j in ((ka[x], kb[y]) for x, y in path):
-        src[j] = i  # the path is in order: the last pair for j wins
-        count_a[i] += 1
-        count_b[j] += 1
-    exact = sum(1 for j in kb if src[j] >= 0 and count_b[j] == 1 and count_a[src[j]] == 1 and a[src[j]] == b[j])
+    for end, j in last_b.items():
+        src[j] = last_a.get(end, -1)
+    exact = sum(1 for j, i in enumerate(src) if i >= 0 and a[i] == b[j])
     return src, exact / len(b) if b else 0.0
 
 
