@@ -7,9 +7,9 @@ charging the client's ledger, and samples text from it. With the DP adapter load
 each kept sample and gives, at every token, its top-k next-token distribution and its last layer's hidden
 state. The samples and everything computed from them and the DP model are post-processing of a DP
 mechanism, so they may leave the client. The client holds both tokenizers, so it carries the teacher's rows
-into the student's tokenisation there: a sequence alignment of the two tokenisations (DTW over token texts)
-and, when the vocabularies differ, FedMKT's minimum-edit-distance vocabulary mapping
-(`estuary.knowledge.alignment`).
+into the student's tokenisation there: positions paired where both tokenisations end a token at the same
+point of the text (character edit distance) and, when the vocabularies differ, FedMKT's
+minimum-edit-distance vocabulary mapping (`estuary.knowledge.alignment`).
 
 Student side: the client's SLM adapter learns only from the pooled synthetic text (never from private data,
 so it carries the teachers' guarantees) with `estuary.actors.distill.distill_steps`:

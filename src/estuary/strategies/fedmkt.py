@@ -10,9 +10,10 @@ from it), each example as its full text, prompt + label word. Per round:
   knowledge is malformed (NaN/inf, empty rows, wrong lengths, ids outside its vocabulary) is named in the
   log, counted (`server/knowledge/rejected`) and left out; the round goes on.
 - server: the LLM's top-k on the same texts comes from the deployment (current adapter version). Each
-  client's knowledge is aligned to the LLM (DTW over token texts, MinED vocabulary mapping cached per
-  tokenizer pair) and the LLM's to each client. Per sample the LLM's target is the best teacher (reward
-  exp(-CE), "greater"; the CE each model has on the text in its own tokenisation, `selection_metric: own`)
+  client's knowledge is aligned to the LLM (token boundaries matched by character edit distance, MinED
+  vocabulary mapping cached per tokenizer pair) and the LLM's to each client. Per sample the LLM's target
+  is the best teacher (reward exp(-CE), "greater"; the CE each model has on the text's ground truth in its
+  own tokenisation, `selection_metric: own`, the label word with `lm_loss: completion`)
   among itself and the aligned clients; its adapter, continued from its last version, is distilled on them
   ((1-λ)·LM + λ·KD, Ray Train + DeepSpeed) and published. Each client's target is the better of itself and
   the aligned LLM.
