@@ -280,3 +280,15 @@ def test_jobs_load(job: str) -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{job}.yaml")
     assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized", "llm_centralized"]
     assert cfg.method_params["top_k"] <= cfg.server.max_logprobs
+
+
+def test_top_k_beyond_the_servers_logprobs_is_one_line_at_load() -> None:
+    from estuary.errors import ConfigError
+    from estuary.platform.config import load_config
+
+    job = Path(__file__).resolve().parents[2] / "jobs" / "fedmkt-sst2.yaml"
+    with pytest.raises(ConfigError, match=r"method_params.top_k 128 exceeds server.max_logprobs 20, .* "
+                                          r"set server.max_logprobs: 128"):
+        load_config(job, ["method_params.top_k=128"])
+    cfg = load_config(job, ["method_params.top_k=128", "server.max_logprobs=128"])
+    assert cfg.method_params["top_k"] == 128

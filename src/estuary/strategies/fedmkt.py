@@ -52,6 +52,7 @@ from estuary.strategies.server_llm import evaluate_served_llm, train_server_adap
 
 if TYPE_CHECKING:
     from estuary.actors.context import ClientContext
+    from estuary.platform.config import ExperimentConfig
     from estuary.platform.run_context import ServerContext
     from estuary.serve.types import TopKLogprobs
 
@@ -73,6 +74,18 @@ class FedMKT(Strategy):
         self._public: list[Example] | None = None
         self._targets: dict[str, list[Any]] = {}  # this round's phase-2 targets per client
         self._bank = TokenizerBank()
+
+    @classmethod
+    def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
+        super().check_job(cfg, source)
+        from estuary.errors import ConfigError
+        from estuary.platform.registry import params_for
+
+        k = params_for(cls, cfg.params_of(cls.name), source).top_k
+        if k > cfg.server.max_logprobs:
+            raise ConfigError(f"{source}: method_params.top_k {k} exceeds server.max_logprobs "
+                              f"{cfg.server.max_logprobs}, the most the LLM's deployment returns — set "
+                              f"server.max_logprobs: {k} or lower top_k")
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version}
