@@ -19,7 +19,8 @@ from estuary.knowledge.selection import cross_entropy, teacher_weights
 
 
 def test_token_text_markers_and_byte_fallback() -> None:
-    assert token_text("Ġhello") == "hello" and token_text("▁the") == "the" and token_text("##ing") == "ing"
+    assert token_text("Ġhello") == " hello" and token_text("▁the") == " the" and token_text("##ing") == "ing"
+    assert token_text("hello") == "hello" and token_text("Ġ.Ċ") == " .\n"  # word-initial or not stays apparent
     assert token_text("<0x0A>") == "\n" and token_text("<0x41>") == "A"
     assert token_text("Ġ") == " " and token_text("Ċ") == "\n" and token_text("##") == "##"
 
@@ -44,6 +45,20 @@ def test_vocab_mapping_groups_ties_and_chunks() -> None:
     assert m.ids.tolist() == [0, 0, 2, 4, 3, 3, 1]
     assert not m.exact.any()
     assert vocab_mapping(src, dst, chunk=1).ids.tolist() == m.ids.tolist()
+
+
+def test_vocab_mapping_keeps_word_starts_apart_and_byte_fallback_last() -> None:
+    """A word-initial text maps to a word-initial one and a word-internal text to a word-internal one, even
+    where the other kind has a lower id; a byte-fallback piece is taken only when nothing else fits."""
+    dst = ["a", " a", "<0x3A>", ":", " good", "good", " go", "<0x7A>"]
+    texts = [t if not t.startswith("<0x") else chr(int(t[3:5], 16)) for t in dst]  # what token_texts gives
+    src = [" a", "a", ":", " goods", "goody", " g", "z"]
+    m = vocab_mapping(src, texts, last=[2, 7])
+    # " goods" → " good" (1; word-initial group); "goody" → "good"; " g" → " go" (1, not " a"); "z": no
+    # word-internal z but its byte piece — the only text of its group — so it still maps there
+    assert m.ids.tolist() == [1, 0, 3, 4, 5, 6, 7]
+    assert m.exact.tolist() == [True, True, True, False, False, False, True]
+    assert vocab_mapping(src, texts).ids.tolist()[2] == 2  # without `last`, the lower id wins the tie
 
 
 def test_sequence_alignment_identical_finer_coarser_unmatched() -> None:

@@ -2,11 +2,14 @@
 alignment of two tokenisations of the same text by dynamic programming over edit distance (character level).
 
 - `token_texts(tokenizer)`: every vocabulary entry as the text it stands for, word-boundary markers (the
-  byte-level `Ġ`/`Ċ`, SentencePiece `▁`, WordPiece `##`) and byte-fallback `<0xNN>` decoded, surrounding
-  space stripped (a whitespace-only token keeps its whitespace).
+  byte-level `Ġ`/`Ċ`, SentencePiece `▁`, WordPiece `##`) and byte-fallback `<0xNN>` decoded. The leading
+  space of a word-initial token is kept: `Ġgood` and `▁good` are both " good", and neither is the
+  word-internal "good" (stripping it had mapped Qwen's " a" onto a Gemma "a" that never starts a word).
 - `vocab_mapping(src, dst)`: each source token → the destination token with equal text, else the one with
-  the minimum Levenshtein distance (rapidfuzz; candidates share the first character, else all). Cached on
-  disk per tokenizer pair (`cached_vocab_mapping`).
+  the minimum Levenshtein distance (rapidfuzz; candidates share the head — first character, or the space
+  and the first character of a word-initial text — else all). Byte-fallback pieces are chosen last: a ':'
+  maps to Gemma's ':' token, not to its `<0x3A>`. Cached on disk per tokenizer pair
+  (`cached_vocab_mapping`).
 - `position_map(a, b)`: for every position of `b`, the position of `a` whose next-token distribution
   predicts the same thing: the last token of each ending at the same point of the text (found by aligning
   the two whitespace-free texts character by character with Levenshtein opcodes); none inside a word the
@@ -35,16 +38,14 @@ def token_text(token: str) -> str:
     """The text a raw vocabulary token stands for (see the module doc)."""
     m = _BYTE.match(token)
     if m:
-        text = bytes([int(m.group(1), 16)]).decode("latin-1")
-    else:
-        text = token[2:] if token.startswith("##") and len(token) > 2 else token
-        text = text.translate(_MARKS)
-    return _strip(text)
+        return bytes([int(m.group(1), 16)]).decode("latin-1")
+    text = token[2:] if token.startswith("##") and len(token) > 2 else token
+    return text.translate(_MARKS)
 
 
-def _strip(text: str) -> str:
-    stripped = text.strip()
-    return stripped if stripped else text
+def is_byte_fallback(token: str) -> bool:
+    """Whether a raw vocabulary token is a SentencePiece byte-fallback piece (`<0x3A>`)."""
+    return _BYTE.match(token) is not None
 
 
 # Per tokenizer object (a worker keeps its tokenizers for its life): decoding or sorting a 150k vocabulary
@@ -55,7 +56,8 @@ _FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKey
 
 def token_texts(tokenizer: Any) -> list[str]:
     """The text of every id in the tokenizer's vocabulary (added tokens included), indexed by id: the
-    tokenizer's own decoding of the single token (byte-level and byte-fallback tokens decoded), stripped.
+    tokenizer's own decoding of the single token (byte-level and byte-fallback tokens decoded), a
+    word-initial token with its leading space.
     Computed once per tokenizer object (callers must not mutate the list)."""
     size = len(tokenizer)
     hit = _TEXTS.get(tokenizer)
@@ -71,9 +73,12 @@ def _token_texts(tokenizer: Any) -> list[str]:
     out = [""] * (max(vocab.values()) + 1)
     for token, idx in vocab.items():
         try:
-            out[idx] = _strip(tokenizer.convert_tokens_to_string([token]))
+            text = tokenizer.convert_tokens_to_string([token])
         except Exception:  # a tokenizer that cannot decode a lone token: the marker rules
-            out[idx] = token_text(token)
+            text = token_text(token)
+        if token[:1] in ("Ġ", "▁") and not text[:1].isspace():  # a decoder that drops a leading space
+            text = " " + text
+        out[idx] = text
     for idx in tokenizer.all_special_ids:  # BOS, EOS, PAD ...: no text, left out of sequence alignment
         out[idx] = ""
     return out
@@ -89,33 +94,44 @@ class VocabMapping:
         return float(self.exact.mean()) if len(self.exact) else 0.0
 
 
-def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512) -> VocabMapping:
+def _head(text: str) -> str:
+    """The group a text's MinED candidates come from: its first character, or the space and the first
+    character after it for a word-initial text (so " good" is searched among the word-initial " g…")."""
+    return text[:2] if text[:1] == " " and len(text) > 1 else text[:1]
+
+
+def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512,
+                  last: Sequence[int] = ()) -> VocabMapping:
     """MinED mapping of source token texts onto destination token texts.
 
     An equal text maps exactly; any other source text maps to the destination text at the least Levenshtein
-    distance among those with the same first character (all of them when none has it), the lowest id on ties.
-    The distances are computed group by group with `rapidfuzz.process.cdist` (C++, all cores), `chunk` source
-    texts at a time."""
+    distance among those with the same head (`_head`; all of them when none has it), the lowest id on ties.
+    The destination ids in `last` (byte-fallback pieces) come after all others, for equal texts and ties
+    alike. The distances are computed group by group with `rapidfuzz.process.cdist` (C++, all cores),
+    `chunk` source texts at a time."""
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
 
+    late = set(last)
+    order = [j for j in range(len(dst)) if j not in late] + sorted(late)
     index: dict[str, int] = {}
-    by_first: dict[str, list[int]] = {}
-    for j, text in enumerate(dst):
+    by_head: dict[str, list[int]] = {}
+    for j in order:
+        text = dst[j]
         index.setdefault(text, j)
         if text:
-            by_first.setdefault(text[0], []).append(j)
+            by_head.setdefault(_head(text), []).append(j)
     ids = np.zeros(len(src), dtype=np.int64)
     exact = np.zeros(len(src), dtype=bool)
-    pending: dict[str, list[int]] = {}  # first character ("" = no group of its own) → inexact source ids
+    pending: dict[str, list[int]] = {}  # head ("" = no group of its own) → inexact source ids
     for i, text in enumerate(src):
         hit = index.get(text)
         if hit is not None:
             ids[i], exact[i] = hit, True
         else:
-            pending.setdefault(text[:1] if text[:1] in by_first else "", []).append(i)
-    for first, queries in pending.items():
-        pool = by_first[first] if first else list(range(len(dst)))
+            pending.setdefault(_head(text) if _head(text) in by_head else "", []).append(i)
+    for head, queries in pending.items():
+        pool = by_head[head] if head else order
         choices = [dst[k] for k in pool]
         for at in range(0, len(queries), chunk):
             part = queries[at:at + chunk]
@@ -141,17 +157,21 @@ def same_vocabulary(a: Any, b: Any) -> bool:
     return a is b or _fingerprint(a) == _fingerprint(b)
 
 
+_MAPPING_VERSION = "v2"  # bumped when the mapping rule changes, so an older cached mapping is not reused
+
+
 def cached_vocab_mapping(src_tokenizer: Any, dst_tokenizer: Any, cache: Path | None = None) -> VocabMapping:
     """`vocab_mapping` of two tokenizers' vocabularies, computed once per pair and kept on disk."""
     if cache is None:
         from estuary.models import cache_dir
 
         cache = cache_dir() / "alignment"
-    path = cache / f"{_fingerprint(src_tokenizer)}-{_fingerprint(dst_tokenizer)}.npz"
+    path = cache / f"{_MAPPING_VERSION}-{_fingerprint(src_tokenizer)}-{_fingerprint(dst_tokenizer)}.npz"
     if path.exists():
         data = np.load(path)
         return VocabMapping(data["ids"], data["exact"])
-    mapping = vocab_mapping(token_texts(src_tokenizer), token_texts(dst_tokenizer))
+    fallback = [i for t, i in dst_tokenizer.get_vocab().items() if is_byte_fallback(t)]
+    mapping = vocab_mapping(token_texts(src_tokenizer), token_texts(dst_tokenizer), last=fallback)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, ids=mapping.ids, exact=mapping.exact)
