@@ -1,6 +1,6 @@
 """FedMKT's MinED vocabulary mapping: `estuary.knowledge.alignment.vocab_mapping` (rapidfuzz `cdist` per
-first-character group) against the per-token search it replaced (one `process.extractOne` per inexact token
-over its group's texts), in one run.
+group of texts sharing their head) against the per-token search it replaced (one `process.extractOne` per
+inexact token over its group's texts), in one run.
 
     python -m bench.vocab_mapping [--models smollm2-135m gemma3-270m qwen2.5-0.5b] [--sample 2000]
 
@@ -21,19 +21,21 @@ import numpy as np
 
 
 def per_token_search(src: list[str], dst: list[str], queries: list[int]) -> dict[int, int]:
-    """The replaced implementation: one extractOne per inexact source token over its first-character group."""
+    """The replaced implementation: one extractOne per inexact source token over its group (`token_head`)."""
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
 
-    by_first: dict[str, list[int]] = {}
+    from estuary.knowledge.alignment import token_head
+
+    by_head: dict[str, list[int]] = {}
     for j, text in enumerate(dst):
         if text:
-            by_first.setdefault(text[0], []).append(j)
+            by_head.setdefault(token_head(text), []).append(j)
     all_ids = list(range(len(dst)))
     out = {}
     for i in queries:
         text = src[i]
-        pool = by_first.get(text[:1], all_ids) if text else all_ids
+        pool = by_head.get(token_head(text), all_ids) if text else all_ids
         best = process.extractOne(text, [dst[k] for k in pool], scorer=Levenshtein.distance)
         out[i] = pool[best[2]] if best else 0
     return out

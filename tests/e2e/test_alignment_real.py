@@ -29,21 +29,13 @@ def _tokenizer(alias: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(("client", "least"), [("smollm2-135m", 0.95), ("gemma3-270m", 0.88)])
 def test_llm_next_token_lands_on_the_clients(client: str, least: float, tmp_path: Path) -> None:
     from estuary.data import get_task, load_splits
-    from estuary.knowledge.alignment import cached_vocab_mapping, position_map, token_texts
+    from estuary.knowledge.alignment import cached_vocab_mapping, next_token_carry
 
     llm, slm = _tokenizer("qwen2.5-0.5b"), _tokenizer(client)
     mapping = cached_vocab_mapping(llm, slm, cache=tmp_path)
     task = get_task("sst2")
     texts = [task.prompt(ex) + task.completion(ex) for ex in load_splits("sst2", seed=0).eval[:100]]
-    hits = total = 0
-    for text in texts:
-        a = llm(text, add_special_tokens=False).input_ids
-        b = slm(text, add_special_tokens=False).input_ids
-        src, _ = position_map([token_texts(llm)[i] for i in a], [token_texts(slm)[i] for i in b])
-        for j, i in enumerate(src):
-            if 0 <= i < len(a) - 1 and j < len(b) - 1:
-                total += 1
-                hits += int(mapping.ids[a[i + 1]]) == b[j + 1]
+    hits, total = next_token_carry(llm, slm, texts, mapping)
     assert total > 1000 and hits / total >= least, f"{hits}/{total}"
     # the label words and the prompt's colon map to the tokens the client itself uses there
     for word in (" positive", " negative", ":"):

@@ -273,7 +273,8 @@ def test_config_validation() -> None:
         build_params("fedmkt", {"selection": "best"})
 
 
-@pytest.mark.parametrize("job", ["fedmkt-sst2", "fedmkt-sst2-homo", "fedmkt-sst2-one2one", "fedmkt-agnews", "fedmkt-rte"])
+@pytest.mark.parametrize("job", ["fedmkt-sst2", "fedmkt-sst2-homo", "fedmkt-sst2-one2one", "fedmkt-agnews",
+                                 "fedmkt-rte"])
 def test_jobs_load(job: str) -> None:
     from estuary.platform.config import load_config
 

@@ -94,7 +94,7 @@ class VocabMapping:
         return float(self.exact.mean()) if len(self.exact) else 0.0
 
 
-def _head(text: str) -> str:
+def token_head(text: str) -> str:
     """The group a text's MinED candidates come from: its first character, or the space and the first
     character after it for a word-initial text (so " good" is searched among the word-initial " g…")."""
     return text[:2] if text[:1] == " " and len(text) > 1 else text[:1]
@@ -120,7 +120,7 @@ def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512,
         text = dst[j]
         index.setdefault(text, j)
         if text:
-            by_head.setdefault(_head(text), []).append(j)
+            by_head.setdefault(token_head(text), []).append(j)
     ids = np.zeros(len(src), dtype=np.int64)
     exact = np.zeros(len(src), dtype=bool)
     pending: dict[str, list[int]] = {}  # head ("" = no group of its own) → inexact source ids
@@ -129,7 +129,7 @@ def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512,
         if hit is not None:
             ids[i], exact[i] = hit, True
         else:
-            pending.setdefault(_head(text) if _head(text) in by_head else "", []).append(i)
+            pending.setdefault(token_head(text) if token_head(text) in by_head else "", []).append(i)
     for head, queries in pending.items():
         pool = by_head[head] if head else order
         choices = [dst[k] for k in pool]
@@ -228,6 +228,25 @@ def position_map(a: Sequence[str], b: Sequence[str]) -> tuple[list[int], float]:
         src[j] = last_a.get(end, -1)
     exact = sum(1 for j, i in enumerate(src) if i >= 0 and a[i] == b[j])
     return src, exact / len(b) if b else 0.0
+
+
+def next_token_carry(src_tokenizer: Any, dst_tokenizer: Any, texts: Sequence[str],
+                     mapping: VocabMapping) -> tuple[int, int]:
+    """(hits, positions): over the destination positions that `position_map` pairs with a source position, how
+    often the source's actual next token, through `mapping`, is the destination's actual next token. The
+    check of a vocabulary mapping that matters for distillation: a target row put on the wrong token id
+    teaches the wrong token."""
+    src_texts, dst_texts = token_texts(src_tokenizer), token_texts(dst_tokenizer)
+    hits = total = 0
+    for text in texts:
+        a = src_tokenizer(text, add_special_tokens=False).input_ids
+        b = dst_tokenizer(text, add_special_tokens=False).input_ids
+        pairs, _ = position_map([src_texts[i] for i in a], [dst_texts[i] for i in b])
+        for j, i in enumerate(pairs):
+            if 0 <= i < len(a) - 1 and j < len(b) - 1:
+                total += 1
+                hits += int(mapping.ids[a[i + 1]]) == b[j + 1]
+    return hits, total
 
 
 def transfer_topk(ids: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]], positions: Sequence[int],
