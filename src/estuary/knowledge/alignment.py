@@ -105,7 +105,7 @@ def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512,
     """MinED mapping of source token texts onto destination token texts.
 
     An equal text maps exactly; any other source text maps to the destination text at the least Levenshtein
-    distance among those with the same head (`_head`; all of them when none has it), the lowest id on ties.
+    distance among those with the same head (`token_head`; all of them when none has it), the lowest id on ties.
     The destination ids in `last` (byte-fallback pieces) come after all others, for equal texts and ties
     alike. The distances are computed group by group with `rapidfuzz.process.cdist` (C++, all cores),
     `chunk` source texts at a time."""
@@ -129,7 +129,8 @@ def vocab_mapping(src: Sequence[str], dst: Sequence[str], chunk: int = 512,
         if hit is not None:
             ids[i], exact[i] = hit, True
         else:
-            pending.setdefault(token_head(text) if token_head(text) in by_head else "", []).append(i)
+            head = token_head(text)
+            pending.setdefault(head if head in by_head else "", []).append(i)
     for head, queries in pending.items():
         pool = by_head[head] if head else order
         choices = [dst[k] for k in pool]
