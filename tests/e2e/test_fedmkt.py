@@ -39,7 +39,8 @@ def fedmkt_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides:
 def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server_config: Any) -> None:
     from estuary.data.federated import build_federated_data
 
-    job = fedmkt_job(tmp_path, tiny_model_dir, server_config, baselines=["llm_centralized"])
+    job = fedmkt_job(tmp_path, tiny_model_dir, server_config, baselines=["zero_shot", "llm_centralized"],
+                     evaluation={"server": True})
     cfg = ExperimentConfig.model_validate(job)
     run_dir = run_experiment(cfg, show_progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -72,7 +73,11 @@ def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server
             assert c["accepted"] and c["texts"] == PUBLIC and c["k"] == 4 and c["positions"] > PUBLIC
             assert 0 <= c["seq_coverage_to_llm"] <= 1 and 0 <= c["took_llm"] <= PUBLIC
         assert clients["server"]["records"] == PUBLIC and sum(clients["server"]["chose"].values()) == PUBLIC
-    assert rounds[0]["metrics"]["server/llm_start/test/accuracy"] >= 0
+    start = {k.replace("llm_start/", ""): v for k, v in rounds[0]["metrics"].items() if "/llm_start/" in k}
+    assert start and 0 <= start["server/test/accuracy"] <= 1
+    # the zero-shot row's LLM is the very measurement FedMKT starts from: the deployment, the same examples
+    (zero,) = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "zero_shot"]
+    assert {k: v for k, v in zero["metrics"].items() if k.startswith("server/")} == start
     assert versions[0] >= 1 and versions[1] == versions[0] + 1
     # round 1 scored the public texts with the base model, round 2 with the adapter round 1 published
     server_rows = [k for k in knowledge if k["client"] == "server"]

@@ -66,3 +66,10 @@ def test_evaluate_every_and_quorum_outcome() -> None:
     s = registry.get("standalone")(cfg)
     assert [s.should_evaluate(r) for r in range(1, 6)] == [False, True, False, True, True]
     assert RoundOutcome(results={}, failures={"x": "e"}).ok == 0
+
+
+def test_zero_shot_server_engine_is_checked_at_load() -> None:
+    assert registry.build_params("zero_shot", {}).server_engine == "auto"
+    assert registry.build_params("zero_shot", {"server_engine": "served", "llm_eval_size": 50}).llm_eval_size == 50
+    with pytest.raises(ConfigError, match="server_engine must be one of auto, served, transformers .got 'vllm'"):
+        registry.build_params("zero_shot", {"server_engine": "vllm"})

@@ -80,6 +80,8 @@ def params_for(strategy_cls: type[Strategy], params: dict[str, Any], source: str
         if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
             raise ConfigError(f"{source}: unknown key '{where}' in the parameters of '{name}' — see "
                               "`estuary methods` for the known ones") from None
+        if e["type"] == "value_error" and not where:  # the config's own check (__post_init__) names its field
+            raise ConfigError(f"{source}: parameters of '{name}': {e['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(
             f"{source}: parameter '{where}' of '{name}': {e['msg']} (got {e.get('input')!r})"
         ) from None

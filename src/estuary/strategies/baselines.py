@@ -52,7 +52,16 @@ class ZeroShot(Strategy):
 
     def server_step(self, rnd: int, agg: dict, server: ServerContext) -> dict[str, float]:
         p: ZeroShotConfig = self.params
-        return server.evaluate() if p.evaluate_server and self.exp.evaluation.server else {}
+        if not (p.evaluate_server and self.exp.evaluation.server):
+            return {}
+        method_size = (self.exp.method_params or {}).get("llm_eval_size")
+        engine = p.server_engine if p.server_engine != "auto" else "served" if method_size else "transformers"
+        if engine == "transformers":
+            return server.evaluate()
+        from estuary.strategies.server_llm import evaluate_served_llm
+
+        size = p.llm_eval_size if p.llm_eval_size is not None else int(method_size or len(server.test))
+        return evaluate_served_llm(server, None, size)
 
 
 @register

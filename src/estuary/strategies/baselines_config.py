@@ -5,12 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+SERVER_ENGINES = ("auto", "served", "transformers")
+
 
 @dataclass
 class ZeroShotConfig:
     evaluate_server: bool = field(
         default=True, metadata={"help": "Also evaluate the pretrained server LLM (if evaluation.server)."}
     )
+    server_engine: str = field(
+        default="auto", metadata={"help": "How the pretrained server LLM is measured. 'served': through the "
+                                  "run's Serve/vLLM deployment on the first llm_eval_size test examples, the very "
+                                  "measurement the mutual methods make of their LLM (its start and every version); "
+                                  "'transformers': the reference path on the whole test split, prompts fitted to "
+                                  "training.max_length; 'auto': 'served' when the method's method_params has "
+                                  "llm_eval_size (FedMKT, CrossLM), else 'transformers'."})
+    llm_eval_size: int | None = field(
+        default=None, metadata={"help": "Test examples for the 'served' engine; None = the method's "
+                                "method_params.llm_eval_size (else the whole test split)."})
+
+    def __post_init__(self) -> None:
+        if self.server_engine not in SERVER_ENGINES:
+            raise ValueError(f"server_engine must be one of {', '.join(SERVER_ENGINES)} (got {self.server_engine!r})")
 
 
 @dataclass
