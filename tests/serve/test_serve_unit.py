@@ -264,6 +264,11 @@ def test_seed_per_prompt_and_per_chunk() -> None:
     from estuary.serve.client import _from
 
     p = GenerationParams(seed=10, n=2)
-    assert p.for_prompt(0) is p and p.for_prompt(3).seed == 13 and p.for_prompt(3).n == 2
+    assert p.for_prompt(0) is p and p.for_prompt(3).seed == 16 and p.for_prompt(3).n == 2
     assert GenerationParams().for_prompt(5).seed is None
-    assert _from(p, 1024).seed == 1034 and _from({"seed": 1}, 8) == {"seed": 9} and _from(None, 8) is None
+    assert _from(p, 1024).seed == 2058 and _from({"seed": 1}, 8) == {"seed": 9} and _from(None, 8) is None
+    assert _from({"seed": 1, "n": 4}, 8) == {"seed": 33, "n": 4}
+    # vLLM draws sample j of a request with its seed + j: no two samples of a call share a seed
+    q = GenerationParams(seed=7, n=4)
+    seeds = [q.for_prompt(i).seed + j for i in range(24) for j in range(q.n)]  # type: ignore[operator]
+    assert len(set(seeds)) == 96

@@ -76,8 +76,10 @@ def test_generate_through_handle(llm: Any) -> None:
     sampled = GenerationParams(max_tokens=8, temperature=0.9, top_p=0.9, n=3, seed=7)
     a, b = llm.generate(PROMPTS[:1], sampled), llm.generate(PROMPTS[:1], sampled)
     assert len(a[0].samples) == 3 and a == b, "a seed makes sampling reproducible"
-    same = llm.generate([PROMPTS[0]] * 4, sampled)  # one prompt repeated: prompt i samples with seed + i
-    assert len({tuple(s.text for s in c.samples) for c in same}) == 4, "repeated prompts got the same samples"
+    same = llm.generate([PROMPTS[0]] * 4, sampled)  # one prompt repeated: prompt i's sample j uses seed + 3i + j
+    texts = [s.text for c in same for s in c.samples]
+    # seeds that collide (seed + i, which vLLM's own seed + j per sample overlapped) leave at most 7 of 12 distinct
+    assert len(set(texts)) >= 10, f"repeated prompts share samples: {texts}"
     assert same[0] == a[0] and same == llm.generate([PROMPTS[0]] * 4, sampled), "prompt 0 keeps the seed itself"
     stopped = llm.generate(["1, 2, 3, 4,"], GenerationParams(max_tokens=20, temperature=0.0, stop=(" 6",)))
     assert " 6" not in stopped[0].text and stopped[0].samples[0].finish_reason == "stop"

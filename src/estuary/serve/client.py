@@ -181,9 +181,9 @@ class ServerLLM:
 
 
 def _from(params: GenerationParams | dict[str, Any] | None, start: int) -> GenerationParams | dict[str, Any] | None:
-    """A chunk's parameters: its first prompt is the call's prompt `start` (seed + start, see GenerationParams)."""
+    """A chunk's parameters: its first prompt is the call's prompt `start` (seed + start·n, see GenerationParams)."""
     if isinstance(params, GenerationParams):
         return params.for_prompt(start)
     if isinstance(params, dict) and params.get("seed") is not None and start:
-        return {**params, "seed": params["seed"] + start}
+        return {**params, "seed": params["seed"] + start * int(params.get("n") or 1)}
     return params

@@ -50,13 +50,16 @@ class GenerationParams:
     temperature: float = 1.0
     top_p: float = 1.0
     n: int = 1
-    seed: int | None = None  # prompt i of a call samples with seed + i: reproducible, yet repeated prompts differ
+    seed: int | None = None  # prompt i's sample j draws with seed + i·n + j: reproducible, no two alike
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks: always produce max_tokens
 
     def for_prompt(self, index: int) -> GenerationParams:
-        """These parameters for the call's prompt `index` (its own seed, seed + index)."""
-        return self if self.seed is None or index == 0 else dataclasses.replace(self, seed=self.seed + index)
+        """These parameters for the call's prompt `index`: its own seed, seed + index·n. vLLM draws a request's
+        sample j with its seed + j, so prompt i's samples take seeds seed + i·n … seed + i·n + n − 1 and a
+        repeated prompt never shares a seed, hence a sample, with another (seed + i collided: prompt i + 1's
+        sample j was prompt i's sample j + 1, and 24 repeats of a prompt with n = 4 gave 27 distinct samples)."""
+        return self if self.seed is None or index == 0 else dataclasses.replace(self, seed=self.seed + index * self.n)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

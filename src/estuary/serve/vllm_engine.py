@@ -202,8 +202,9 @@ class VLLMEngine(Engine):
         self.check_lengths(prompts, params.max_tokens)
 
         async def one(index: int, ids: list[int]) -> Completion:
-            # one seed per request would give a repeated prompt the same samples: prompt i gets seed + i
-            sp = shared if params.seed is None or index == 0 else sampling(params.seed + index)
+            # one seed per request would give a repeated prompt the same samples: prompt i gets seed + i·n
+            # (vLLM gives its sample j seed + i·n + j; see GenerationParams.for_prompt)
+            sp = shared if params.seed is None or index == 0 else sampling(params.for_prompt(index).seed)
             out = await self._final(ids, sp, lora)
             samples = [Sample(text=o.text, token_ids=list(o.token_ids), finish_reason=o.finish_reason or "length")
                        for o in sorted(out.outputs, key=lambda o: o.index)]
