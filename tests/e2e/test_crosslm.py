@@ -49,6 +49,10 @@ def test_crosslm_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, serve
         assert m["server/generate/prompts"] == 8 and m["server/generate/filter/kept"] == len(rows) > 0
         assert all(set(g["scores"]) == {"c000", "c001"} and 0 <= g["score"] <= 1 for g in rows)
         assert m["server/select/kept"] == sum(g["selected"] for g in rows) == len(rows)
+        assert sum(m[f"server/select/kept_label{y}"] for y in (0, 1)) == len(rows)
+        priors = [q for q in read_jsonl(run_dir / "knowledge" / "score_priors.jsonl") if q["round"] == r["round"]]
+        assert {q["client"] for q in priors} == {"c000", "c001"}  # each client's mean prediction, as calibrated
+        assert all(q["calibration"] == "prior" and abs(sum(q["prior"]) - 1) < 1e-3 for q in priors)
         assert m["client/train/transfer_examples/mean"] == len(rows)
         assert m["server/llm_train/loss_last"] > 0 and 0 <= m["server/llm/test/accuracy"] <= 1
         assert m["server/llm/general/perplexity"] > 1

@@ -5,7 +5,9 @@ Per round:
 - prepare (server): the LLM (its latest CrossLM adapter) writes labelled task data from label-conditioned
   prompts; invalid and duplicate samples are dropped.
 - phase 1 `train_score` (clients): each client fine-tunes its SLM (LoRA) on its private data, then scores
-  every generated sample: the probability of the intended label, and whether its prediction agrees.
+  every generated sample: the probability of the intended label, and whether its prediction agrees. With
+  `calibration: prior` (default) the probabilities are first corrected for the client's own label prior
+  (its mean prediction over the round's samples), so a label-skewed client still ranks minority-label samples.
 - server: scores are aggregated across clients (mean probability and agreement fraction); the samples
   passing both thresholds are selected. The LLM is fine-tuned on them (Ray Train + DeepSpeed, LoRA) and the
   adapter is published as the next live version, which the next round generates with. The LLM is evaluated
@@ -19,7 +21,10 @@ model outputs; nothing private).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from estuary.actors.context import derive_seed
 from estuary.actors.egress import Egress
@@ -94,12 +99,13 @@ class CrossLM(Strategy):
         p: CrossLMConfig = self.params
         if task.kind == "train_score":
             result = ctx.train_steps(task.round, steps=p.local_steps)
-            scores, agree = _score(ctx, task.params["generated"])
+            scores, agree, prior = _score(ctx, task.params["generated"], p.calibration)
             metrics = {"train/loss": statistics.fmean(result.losses)} if result.losses else {}
             if scores:
-                metrics.update({"score/mean": statistics.fmean(scores), "score/agree": statistics.fmean(agree)})
+                metrics.update({"score/mean": statistics.fmean(scores), "score/agree": statistics.fmean(agree),
+                                "score/prior_max": max(prior)})
             return ctx.egress(task, metrics=metrics, losses=result.losses, examples=result.examples_seen,
-                              payload={"scores": scores, "agree": agree})
+                              payload={"scores": scores, "agree": agree, "prior": prior})
         return train_on_transfer(ctx, task, p.transfer_steps)
 
     # ------------------------------------------------------------------ server: select, train, publish
@@ -116,13 +122,18 @@ class CrossLM(Strategy):
                                     selected=keep, scores=dict(zip(clients, scores, strict=True))))
             if keep:
                 selected.append(ex)
-        return {"rows": rows, "selected": selected}
+        priors = [{"round": rnd, "client": c, "calibration": p.calibration,
+                   "prior": outcome.results[c].payload.get("prior", [])} for c in clients]
+        return {"rows": rows, "selected": selected, "priors": priors}
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
         p: CrossLMConfig = self.params
         server.record("generated", agg["rows"])
+        server.record("score_priors", agg["priors"])
         self._selected = agg["selected"]
         metrics = {"select/generated": float(len(agg["rows"])), "select/kept": float(len(self._selected))}
+        for label in range(server.task.num_labels):  # per label: a skewed selection shows here
+            metrics[f"select/kept_label{label}"] = float(sum(ex.label == label for ex in self._selected))
         if p.train_llm and self._selected:
             self._pool += [[ex.text, ex.label] for ex in self._selected]
             version, train_metrics = self._train_llm(rnd, server)
@@ -161,18 +172,35 @@ class CrossLM(Strategy):
                 for cid in sorted(outcome.results)]
 
 
-def _score(ctx: ClientContext, generated: list[Example]) -> tuple[list[float], list[int]]:
-    """Each sample's probability of its intended label under the client's SLM, and argmax agreement."""
+def calibrate(probs: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A client's label probabilities on the round's samples, corrected for its own label prior:
+    p'(y|x) ∝ p(y|x) · q(y) / π(y), with π its mean prediction over the samples and q their intended label mix
+    (label-shift correction). Returns (p', π)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    prior = probs.mean(axis=0)
+    target = np.bincount(np.asarray(labels, dtype=int), minlength=probs.shape[1]) / max(1, len(labels))
+    adjusted = probs * (target / np.clip(prior, 1e-12, None))
+    return adjusted / np.clip(adjusted.sum(axis=1, keepdims=True), 1e-300, None), prior
+
+
+def _score(ctx: ClientContext, generated: list[Example],
+           calibration: str = "prior") -> tuple[list[float], list[int], list[float]]:
+    """Each sample's probability of its intended label under the client's SLM (prior-corrected unless
+    `calibration` is none), argmax agreement, and the client's mean prediction over the samples."""
     if not generated:
-        return [], []
+        return [], [], []
     from estuary.actors.evaluation import predict_label_probs
 
     probs = predict_label_probs(ctx.model, ctx.tokenizer, ctx.task, generated,
                                 batch_size=ctx.exp.evaluation.batch_size, max_length=ctx.exp.training.max_length)
     labels = [int(ex.label or 0) for ex in generated]
-    scores = [round(float(probs[i, y]), 6) for i, y in enumerate(labels)]
-    agree = [int(int(probs[i].argmax()) == y) for i, y in enumerate(labels)]
-    return scores, agree
+    raw = probs.numpy().astype(np.float64)
+    adjusted, prior = calibrate(raw, labels)
+    if calibration == "none":
+        adjusted = raw
+    scores = [round(float(adjusted[i, y]), 6) for i, y in enumerate(labels)]
+    agree = [int(int(adjusted[i].argmax()) == y) for i, y in enumerate(labels)]
+    return scores, agree, [round(float(v), 6) for v in prior]
 
 
 def _general_texts(task_name: str, size: int, seed: int, root: Any) -> list[str]:
