@@ -42,7 +42,7 @@ def test_crosslm_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, serve
     assert summary["status"] == "complete"
     rounds = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "crosslm"]
     generated = list(read_jsonl(run_dir / "knowledge" / "generated.jsonl"))
-    versions = []
+    versions, pool = [], 0
     for r in rounds:
         m = r["metrics"]
         rows = [g for g in generated if g["round"] == r["round"]]
@@ -55,6 +55,8 @@ def test_crosslm_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, serve
         assert all(q["calibration"] == "prior" and abs(sum(q["prior"]) - 1) < 1e-3 for q in priors)
         assert m["client/train/transfer_examples/mean"] == len(rows)
         assert m["server/llm_train/loss_last"] > 0 and 0 <= m["server/llm/test/accuracy"] <= 1
+        pool += len(rows)  # the LLM learns every sample selected so far, as generation and as task records
+        assert m["server/llm_train/records"] == 2 * pool
         assert m["server/llm/general/perplexity"] > 1
         versions.append(m["server/llm/adapter_version"])
     # round 1 generated with the base model, round 2 with the adapter round 1 published

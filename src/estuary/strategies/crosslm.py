@@ -145,12 +145,17 @@ class CrossLM(Strategy):
 
     def _train_llm(self, rnd: int, server: ServerContext) -> tuple[str, dict[str, float]]:
         """Fine-tune a fresh LoRA adapter of the served LLM on every sample selected so far (prompt →
-        sample, loss on the sample), with Ray Train + DeepSpeed; publish it as the next version."""
+        sample, loss on the sample; with llm_task_records also task prompt → label word), with Ray Train +
+        DeepSpeed; publish it as the next version."""
         from estuary.knowledge.prompts import generation_prompt
 
         p: CrossLMConfig = self.params
         records = [{"prompt": generation_prompt(server.task, int(label)), "completion": f" {text}\n"}
                    for text, label in self._pool]
+        if p.llm_task_records:  # the same samples as task examples: prompt → label word
+            task = server.task
+            records += [{"prompt": task.prompt(ex), "completion": task.completion(ex)}
+                        for ex in (Example(text=text, label=int(label)) for text, label in self._pool)]
         config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
         return train_server_adapter(self, rnd, server, records, config, what="trained")
 

@@ -44,6 +44,12 @@ class CrossLMConfig:
         default=None, metadata={"help": "Phase-2 steps on private + selected data; None = training.steps."})
     train_llm: bool = field(
         default=True, metadata={"help": "Fine-tune the server LLM (Ray Train + DeepSpeed) on the selected data."})
+    llm_task_records: bool = field(
+        default=True, metadata={"help": (
+            "Train the LLM on the selected samples both as generation records (label prompt → sample, which "
+            "steers what it writes) and as task records (the task's prompt of the sample → its label word, as "
+            "llm_centralized trains on real data), so the good data also teaches it the task; false: "
+            "generation records only.")})
     llm_train: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Server training settings (estuary.train TrainConfig fields: steps, lr, zero, ...)."})
