@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write_result
+from estuary.errors import EstuaryError
 from estuary.platform.config import load_config
 from estuary.platform.runner import run_experiment
 
@@ -57,7 +58,12 @@ def main() -> None:
                 target = "null" if math.isinf(float(eps)) else eps
                 overrides = [f"privacy.target_epsilon={target}", f"seed={seed}", f"output.dir={out}",
                              f"output.run_id={job}-eps{eps}-s{seed}", *args.set]
-                run_dir = run_experiment(load_config(JOBS / f"{job}.yaml", overrides), show_progress=False)
+                try:
+                    run_dir = run_experiment(load_config(JOBS / f"{job}.yaml", overrides), show_progress=False)
+                except EstuaryError as exc:  # e.g. no DP teacher sample parsed: the cell says so, no figures
+                    runs.append({"seed": seed, "failed": str(exc), "wall_s": round(time.perf_counter() - t0, 1)})
+                    print(json.dumps({"job": job, "epsilon": eps, **runs[-1]}), flush=True)
+                    continue
                 summary = json.loads((run_dir / "summary.json").read_text())
                 eps_got = [v.get("epsilon") for v in summary.get("privacy", {}).get("distildp", {}).values()]
                 runs.append({"seed": seed, "perplexity": perplexities(summary), "epsilon": eps_got,
@@ -65,12 +71,13 @@ def main() -> None:
                 print(json.dumps({"job": job, "epsilon": eps, **runs[-1]}), flush=True)
             cell: dict[str, Any] = {"job": job, "epsilon": eps, "runs": runs}
             for name in ROWS:
-                vals = [r["perplexity"][name] for r in runs if r["perplexity"].get(name) is not None]
+                vals = [r["perplexity"][name] for r in runs if r.get("perplexity", {}).get(name) is not None]
                 if vals:
                     cell[name] = round(statistics.fmean(vals), 3)
             for name in ("hard_labels", "distildp"):
-                diffs = [r["perplexity"][name] - r["perplexity"]["dp_standalone"] for r in runs
-                         if r["perplexity"].get(name) is not None and r["perplexity"].get("dp_standalone") is not None]
+                ok = [r["perplexity"] for r in runs if "perplexity" in r]
+                diffs = [q[name] - q["dp_standalone"] for q in ok
+                         if q.get(name) is not None and q.get("dp_standalone") is not None]
                 if diffs:
                     cell[f"{name}_minus_dp_standalone"] = round(statistics.fmean(diffs), 3)
             cells.append(cell)

@@ -228,3 +228,38 @@ def test_egress_refuses_infinite_metrics_in_one_line() -> None:
 
     with pytest.raises(ValueError, match="metric 'privacy/epsilon' is not a finite number"):
         Egress("c000", 1, "s", metrics={"privacy/epsilon": math.inf})
+
+
+def test_a_round_where_no_teacher_sample_parses_fails_in_one_line_and_keeps_the_samples(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """E2E samples must parse back into "attributes + description"; when none does, the students would silently
+    stay at zero-shot (the first ε = 2 E2E bench run did): the round fails in one line, with every sample kept."""
+    from types import SimpleNamespace
+
+    from estuary.actors.worker import ClientWorker
+    from estuary.errors import RoundFailed
+    from estuary.platform.registry import build_params, get
+    from estuary.platform.strategy import RoundOutcome
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, tiny_model_dir, method="distildp", baselines=[], rounds=1, clients={"count": 2},
+                   data={"task": "e2e", "partition": "iid", "train_size": 40, "test_size": 8, "client_eval_max": 4},
+                   training={"steps": 2, "batch_size": 4, "max_length": 64}, privacy={"target_epsilon": 8.0},
+                   evaluation={"server": False},
+                   method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": 64, "samples_per_label": 3,
+                                                "max_new_tokens": 12, "min_words": 1}, "topk": 4})
+    cfg = load_config(base=job)
+    worker = ClientWorker(cfg.model_dump_json(), {str(tiny_model_dir): str(tiny_model_dir)}, "w", 1)
+    strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))
+    sent = {t.client_id: ClientWorker.run_task(worker, type(strategy), t, None)[0]
+            for t in strategy.configure_round(1, strategy.client_ids())}
+    # the tiny model's vocabulary (SST-2 words) has no brackets: no sample can carry a meaning representation
+    assert all(eg.metrics["synthetic/unparsed"] == eg.metrics["synthetic/kept"] > 0 for eg in sent.values())
+    recorded: dict[str, list[dict]] = {}
+    server = SimpleNamespace(task=get_task("e2e"), log=print, record=lambda name, rows: recorded.setdefault(name, rows))
+    agg = strategy.aggregate(1, RoundOutcome(results=sent, failures={}))
+    with pytest.raises(RoundFailed, match=r"distildp round 1: none of the \d+ synthetic samples .* parse as e2e"):
+        strategy.server_step(1, agg, server)  # type: ignore[arg-type]
+    rows = recorded["synthetic"]
+    assert len(rows) == sum(eg.metrics["synthetic/kept"] for eg in sent.values())
+    assert not any(r["parsed"] for r in rows) and {r["client"] for r in rows} == {"c000", "c001"}

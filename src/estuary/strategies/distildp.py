@@ -28,7 +28,7 @@ import statistics
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from estuary.actors.egress import Egress
-from estuary.errors import ConfigError
+from estuary.errors import ConfigError, RoundFailed
 from estuary.platform.plan import ClientTask
 from estuary.platform.registry import register
 from estuary.platform.strategy import RoundOutcome, Strategy
@@ -91,13 +91,17 @@ class DistilDP(Strategy):
         metrics["synthetic/targets"] = float(len(targets))
         if targets:
             metrics["alignment/coverage"] = statistics.fmean(t.coverage for t in targets)
-        return ctx.egress(task, metrics=metrics, synthetic=list(res.examples), payload={"targets": targets})
+        parsed = {t.example.uid for t in targets}
+        dropped = [{"uid": ex.uid, "text": ex.text} for ex in res.examples if ex.uid not in parsed]
+        return ctx.egress(task, metrics=metrics, synthetic=list(res.examples),
+                          payload={"targets": targets, "unparsed": dropped})
 
     # ------------------------------------------------------------------ phase 2: pool (post-processing)
     def aggregate(self, rnd: int, outcome: RoundOutcome) -> dict[str, Any]:
         targets = [t for cid in sorted(outcome.results) for t in outcome.results[cid].payload.get("targets", [])]
         refused = sorted(cid for cid, eg in outcome.results.items() if "refusal" in eg.payload)
-        return {"targets": targets, "refused": refused}
+        unparsed = [row for cid in sorted(outcome.results) for row in outcome.results[cid].payload.get("unparsed", [])]
+        return {"targets": targets, "refused": refused, "unparsed": unparsed}
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
         p: DistilDPConfig = self.params
@@ -105,12 +109,21 @@ class DistilDP(Strategy):
         if p.max_synthetic is not None and len(targets) > p.max_synthetic:
             rng = random.Random(f"{self.exp.seed}/{self.name}/pool/{rnd}")
             targets = [targets[i] for i in sorted(rng.sample(range(len(targets)), p.max_synthetic))]
+        unparsed: list[dict[str, Any]] = agg.get("unparsed", [])
         server.record("synthetic", [
             {"uid": t.example.uid, "client": _client_of(t.example.uid), "round": rnd, "strategy": self.name,
-             "text": t.example.text, "target": t.example.target, "tokens": len(t.input_ids),
+             "parsed": True, "text": t.example.text, "target": t.example.target, "tokens": len(t.input_ids),
              "coverage": round(t.coverage, 4)}
-            for t in targets])
+            for t in targets] + [
+            {"uid": row["uid"], "client": _client_of(row["uid"]), "round": rnd, "strategy": self.name,
+             "parsed": False, "text": row["text"]} for row in unparsed])
         self._pool = _share(targets) if targets else None
+        if not targets and unparsed and not agg["refused"]:
+            raise RoundFailed(
+                f"distildp round {rnd}: none of the {len(unparsed)} synthetic samples the DP teachers wrote parse as "
+                f"{server.task.name} examples (they are in knowledge/synthetic.jsonl), so the students would learn "
+                "nothing; give the teachers more to learn from (method_params.generator.epochs, "
+                "privacy.target_epsilon) or a larger privacy.generator_model")
         if not targets:
             server.log(f"[yellow]distildp round {rnd}: no client sent synthetic text; students are not "
                        "trained this round[/yellow]")
