@@ -73,7 +73,8 @@ def test_e2e_samples_parse_into_meaning_representation_and_target() -> None:
     assert ex.text == "name[The Eagle], eatType[pub], customer rating[5 out of 5]"
     assert ex.target == " The Eagle is a pub."
     assert E2E.prompt(ex).startswith("Restaurant attributes: name[The Eagle]")
-    for bad in ("The Eagle is a pub.", "name[The Eagle", "name[The Eagle]"):
+    for bad in ("The Eagle is a pub.", "name[The Eagle", "name[The Eagle]", "name[The Eagle], eatType[pub]",
+                "name[The Eagle], eatType[pu", "name[The Eagle] a pub, near[Café Rouge]"):
         assert synthetic_example(E2E, bad, "u") is None
     assert synthetic_example(YELP, "Great tacos, friendly staff.", "u") == Example(
         text="Great tacos, friendly staff.", uid="u")
@@ -263,3 +264,18 @@ def test_a_round_where_no_teacher_sample_parses_fails_in_one_line_and_keeps_the_
     rows = recorded["synthetic"]
     assert len(rows) == sum(eg.metrics["synthetic/kept"] for eg in sent.values())
     assert not any(r["parsed"] for r in rows) and {r["client"] for r in rows} == {"c000", "c001"}
+
+
+def test_e2e_generator_writes_from_inside_the_format(student: tuple[Any, Any]) -> None:
+    """E2E's public prefix ends the DP generator's prompt: it learns what follows `name[`, and its samples get
+    the prefix back (an ε = 2 teacher without it never wrote a parseable sample)."""
+    from estuary.actors.dp_generator import GeneratorConfig, generator_examples, sample_synthetic
+
+    assert control_template(E2E).endswith("\nText: name[") and "name[" not in control_template(YELP)
+    [g] = generator_examples(E2E, [Example(text="name[Alimentum], area[city centre]", target=" A place.")])
+    assert g.target == "Alimentum], area[city centre]  A place.\n"
+    assert generator_examples(YELP, [Example(text="Great tacos.")])[0].target == " Great tacos.\n"
+    model, tok = student
+    res = sample_synthetic(model, tok, E2E, GeneratorConfig(samples_per_label=3, max_new_tokens=8, min_words=1),
+                           seed=0)
+    assert res.examples and all(ex.text.startswith("name[") for ex in res.examples)

@@ -38,7 +38,9 @@ PROJECTION_KEY = "distildp_projection"  # ClientState.extra: the student → tea
 HARD_KEY = "distildp_hard_labels"  # ClientState.extra: the hard-label-only twin student (adapter, optimizer)
 
 _ATTRIBUTE = r"[A-Za-z][A-Za-z ]*\[[^\[\]\n]*\]"
-_MR_TEXT = re.compile(rf"^\s*({_ATTRIBUTE}(?:\s*,\s*{_ATTRIBUTE})*)\s*(\S.*?)\s*$", re.S)
+# the description starts after the last attribute and holds no brackets (a sample cut inside its attributes,
+# or one that lists more attributes after its text, does not parse)
+_MR_TEXT = re.compile(rf"^\s*({_ATTRIBUTE}(?:\s*,\s*{_ATTRIBUTE})*)\s*([^,\s\[\]][^\[\]]*?)\s*$", re.S)
 
 
 @dataclass(frozen=True)

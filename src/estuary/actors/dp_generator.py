@@ -62,9 +62,11 @@ class SyntheticBatch:
 
 def control_template(task: Task) -> str:
     """The generator's prompt template over the label control `{text}`: the task's subject line, if it has
-    one (public, data-independent), then `Label: {text}\nText:`."""
+    one (public, data-independent), then `Label: {text}\nText:`, then the task's public `prefix` every text
+    starts with, if it has one (E2E's `name[`: the sample is written from inside the format)."""
     subject = task.extra.get("subject")
-    return (SUBJECT.format(subject=subject) if subject else "") + CONTROL
+    prefix = task.extra.get("prefix")
+    return (SUBJECT.format(subject=subject) if subject else "") + CONTROL + (f" {prefix}" if prefix else "")
 
 
 def generator_task(task: Task) -> Task:
@@ -89,8 +91,12 @@ def generator_examples(task: Task, examples: Sequence[Example]) -> list[Example]
         if ex.text_pair is not None:
             raise ValueError(f"task {task.name!r}: the DP generator handles single-text examples only (no text_pair)")
         control = controls[ex.label] if ex.label is not None and len(controls) > 1 else controls[0]
-        text = ex.text if ex.target is None else f"{ex.text} {ex.target}"
-        out.append(Example(text=control, target=" " + text.strip() + "\n", uid=ex.uid))
+        text = (ex.text if ex.target is None else f"{ex.text} {ex.target}").strip()
+        prefix = task.extra.get("prefix")
+        if prefix and text.startswith(prefix):  # the prompt ends with the prefix: learn what follows it
+            out.append(Example(text=control, target=text[len(prefix):] + "\n", uid=ex.uid))
+        else:
+            out.append(Example(text=control, target=" " + text + "\n", uid=ex.uid))
     return out
 
 
@@ -162,6 +168,7 @@ def sample_synthetic(
     """Sample `samples_per_label` filtered, deduplicated labelled examples per label from a generator."""
     controls = label_controls(task)
     labelled = len(controls) > 1
+    prefix = task.extra.get("prefix", "")
     device = model_device(model)
     stop = _stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else (stop[0] if stop else 0)
@@ -188,6 +195,8 @@ def sample_synthetic(
                 for row in gen[:, len(prompt):].tolist():
                     stats["generated"] += 1
                     text = tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip()
+                    if text and prefix:
+                        text = prefix + text
                     reason = _reject(text, gen_cfg, seen)
                     if reason:
                         stats[reason] += 1

@@ -82,7 +82,12 @@ TASKS: dict[str, Task] = {
             "Write a one- or two-sentence restaurant description that expresses every "
             "attribute of a meaning representation."
         ),
-        extra={"subject": "a restaurant's attributes, then a description of it"},
+        # public, hand-written (not from the data): the form a DP teacher writes its samples in, and the
+        # prefix every meaning representation starts with (an ε = 2 teacher never found the form on its own)
+        extra={"subject": "a restaurant's attributes, then a description of it, in this form: name[The Golden "
+                          "Fork], eatType[restaurant], food[Italian], area[riverside] The Golden Fork is an "
+                          "Italian restaurant by the river",
+               "prefix": "name["},
     ),
 }
 
