@@ -199,26 +199,34 @@ def test_methods_listing_shows_distildps_own_generator_defaults() -> None:
     assert rows["distill_weight"] == "0.4"
 
 
+def _teach_in_process(tmp_path: Path, model_dir: Path, task: str, max_length: int,
+                      epsilon: float | None) -> tuple[Any, dict[str, Any]]:
+    """DistilDP's teach phase for two clients on the tiny model, in this process (no Ray): (strategy, egress)."""
+    from estuary.actors.worker import ClientWorker
+    from estuary.platform.registry import build_params, get
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, model_dir, method="distildp", baselines=[], rounds=1, clients={"count": 2},
+                   data={"task": task, "partition": "iid", "train_size": 40, "test_size": 8, "client_eval_max": 4},
+                   training={"steps": 2, "batch_size": 4, "max_length": max_length},
+                   privacy={"target_epsilon": epsilon},
+                   method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": max_length,
+                                                "samples_per_label": 3, "max_new_tokens": 12, "min_words": 1},
+                                  "topk": 4})
+    cfg = load_config(base=job)
+    worker = ClientWorker(cfg.model_dump_json(), {str(model_dir): str(model_dir)}, "w", 1)
+    strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))
+    return strategy, {t.client_id: ClientWorker.run_task(worker, type(strategy), t, None)[0]
+                      for t in strategy.configure_round(1, strategy.client_ids())}
+
+
 def test_teach_with_privacy_off_reports_non_private_not_infinite_epsilon(tmp_path: Path,
                                                                          tiny_model_dir: Path) -> None:
     """privacy.target_epsilon: null (the non-private teacher of the claim's comparison): the round summary must
     not see ε = ∞ as a metric (statistics.pstdev of infinities raised at the end of a finished round)."""
-    from estuary.actors.worker import ClientWorker
-    from estuary.platform.registry import build_params, get
     from estuary.platform.strategy import summarize_metrics
-    from tests.conftest import tiny_job
 
-    job = tiny_job(tmp_path, tiny_model_dir, method="distildp", baselines=[], rounds=1, clients={"count": 2},
-                   data={"task": "yelp-gen", "partition": "iid", "train_size": 40, "test_size": 8,
-                         "client_eval_max": 4},
-                   training={"steps": 2, "batch_size": 4, "max_length": 48}, privacy={"target_epsilon": None},
-                   method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": 48, "samples_per_label": 3,
-                                                "max_new_tokens": 12, "min_words": 1}, "topk": 4})
-    cfg = load_config(base=job)
-    worker = ClientWorker(cfg.model_dump_json(), {str(tiny_model_dir): str(tiny_model_dir)}, "w", 1)
-    strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))
-    sent = {t.client_id: ClientWorker.run_task(worker, type(strategy), t, None)[0]
-            for t in strategy.configure_round(1, strategy.client_ids())}
+    _, sent = _teach_in_process(tmp_path, tiny_model_dir, "yelp-gen", 48, None)
     summary = summarize_metrics(sent)
     assert summary["privacy/non_private/mean"] == 1.0 and "privacy/epsilon/mean" not in summary
     assert all(math.isfinite(v) for v in summary.values())
@@ -237,23 +245,10 @@ def test_a_round_where_no_teacher_sample_parses_fails_in_one_line_and_keeps_the_
     stay at zero-shot (the first ε = 2 E2E bench run did): the round fails in one line, with every sample kept."""
     from types import SimpleNamespace
 
-    from estuary.actors.worker import ClientWorker
     from estuary.errors import RoundFailed
-    from estuary.platform.registry import build_params, get
     from estuary.platform.strategy import RoundOutcome
-    from tests.conftest import tiny_job
 
-    job = tiny_job(tmp_path, tiny_model_dir, method="distildp", baselines=[], rounds=1, clients={"count": 2},
-                   data={"task": "e2e", "partition": "iid", "train_size": 40, "test_size": 8, "client_eval_max": 4},
-                   training={"steps": 2, "batch_size": 4, "max_length": 64}, privacy={"target_epsilon": 8.0},
-                   evaluation={"server": False},
-                   method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": 64, "samples_per_label": 3,
-                                                "max_new_tokens": 12, "min_words": 1}, "topk": 4})
-    cfg = load_config(base=job)
-    worker = ClientWorker(cfg.model_dump_json(), {str(tiny_model_dir): str(tiny_model_dir)}, "w", 1)
-    strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))
-    sent = {t.client_id: ClientWorker.run_task(worker, type(strategy), t, None)[0]
-            for t in strategy.configure_round(1, strategy.client_ids())}
+    strategy, sent = _teach_in_process(tmp_path, tiny_model_dir, "e2e", 64, 8.0)
     # the tiny model's vocabulary (SST-2 words) has no brackets: no sample can carry a meaning representation
     assert all(eg.metrics["synthetic/unparsed"] == eg.metrics["synthetic/kept"] > 0 for eg in sent.values())
     recorded: dict[str, list[dict]] = {}
