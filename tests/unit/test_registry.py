@@ -73,3 +73,15 @@ def test_zero_shot_server_engine_is_checked_at_load() -> None:
     assert registry.build_params("zero_shot", {"server_engine": "served", "llm_eval_size": 50}).llm_eval_size == 50
     with pytest.raises(ConfigError, match="server_engine must be one of auto, served, transformers .got 'vllm'"):
         registry.build_params("zero_shot", {"server_engine": "vllm"})
+
+
+def test_the_methods_llm_eval_size_counts_its_default() -> None:
+    """zero_shot matches the method's round-0 LLM measurement even when the job leaves llm_eval_size out."""
+    from types import SimpleNamespace
+
+    from estuary.strategies.server_llm import method_llm_eval_size
+
+    assert method_llm_eval_size(SimpleNamespace(method="fedmkt", method_params={})) == 100  # FedMKT's default
+    assert method_llm_eval_size(SimpleNamespace(method="crosslm", method_params={"llm_eval_size": 40})) == 40
+    assert method_llm_eval_size(SimpleNamespace(method="crosslm", method_params={"llm_eval_size": 0})) is None
+    assert method_llm_eval_size(SimpleNamespace(method="standalone", method_params={})) is None

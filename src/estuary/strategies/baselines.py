@@ -54,13 +54,13 @@ class ZeroShot(Strategy):
         p: ZeroShotConfig = self.params
         if not (p.evaluate_server and self.exp.evaluation.server):
             return {}
-        method_size = (self.exp.method_params or {}).get("llm_eval_size")
+        from estuary.strategies.server_llm import evaluate_served_llm, method_llm_eval_size
+
+        method_size = method_llm_eval_size(self.exp)
         engine = p.server_engine if p.server_engine != "auto" else "served" if method_size else "transformers"
         if engine == "transformers":
             return server.evaluate()
-        from estuary.strategies.server_llm import evaluate_served_llm
-
-        size = p.llm_eval_size if p.llm_eval_size is not None else int(method_size or len(server.test))
+        size = p.llm_eval_size if p.llm_eval_size is not None else method_size or len(server.test)
         return evaluate_served_llm(server, None, size)
 
 
@@ -117,7 +117,7 @@ class LLMCentralized(Strategy):
 
     def server_step(self, rnd: int, agg: dict, server: ServerContext) -> dict[str, float]:
         from estuary.data.federated import build_federated_data
-        from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter
+        from estuary.strategies.server_llm import evaluate_served_llm, method_llm_eval_size, train_server_adapter
 
         p: LLMCentralizedConfig = self.params
         method: dict[str, Any] = dict(self.exp.method_params or {})
@@ -130,7 +130,7 @@ class LLMCentralized(Strategy):
         config = {**train, "model": self.exp.server_config().model, "seed": self.exp.seed, "steps": steps}
         config.setdefault("checkpoint_every", steps)
         version, metrics = train_server_adapter(self, rnd, server, records, config, what="fine-tuned")
-        size = p.llm_eval_size if p.llm_eval_size is not None else int(method.get("llm_eval_size", 100))
+        size = p.llm_eval_size if p.llm_eval_size is not None else method_llm_eval_size(self.exp) or 100
         out = {f"llm_train/{k}": v for k, v in metrics.items()}
         out.update({f"llm/{k}": v for k, v in evaluate_served_llm(server, version, size).items()})
         return out

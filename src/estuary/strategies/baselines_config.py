@@ -18,11 +18,11 @@ class ZeroShotConfig:
                                   "run's Serve/vLLM deployment on the first llm_eval_size test examples, the very "
                                   "measurement the mutual methods make of their LLM (its start and every version); "
                                   "'transformers': the reference path on the whole test split, prompts fitted to "
-                                  "training.max_length; 'auto': 'served' when the method's method_params has "
-                                  "llm_eval_size (FedMKT, CrossLM), else 'transformers'."})
+                                  "training.max_length; 'auto': 'served' when the method evaluates a served LLM (its "
+                                  "llm_eval_size > 0: FedMKT, CrossLM), else 'transformers'."})
     llm_eval_size: int | None = field(
         default=None, metadata={"help": "Test examples for the 'served' engine; None = the method's "
-                                "method_params.llm_eval_size (else the whole test split)."})
+                                "llm_eval_size, its default included (else the whole test split)."})
 
     def __post_init__(self) -> None:
         if self.server_engine not in SERVER_ENGINES:
@@ -58,4 +58,4 @@ class LLMCentralizedConfig:
     adapter_name: str = field(default="llm_centralized", metadata={"help": "Name of the published adapter."})
     llm_eval_size: int | None = field(
         default=None, metadata={"help": "Test examples the trained LLM is evaluated on; None = the method's "
-                                "method_params.llm_eval_size (else 100)."})
+                                "llm_eval_size, its default included (else 100)."})
