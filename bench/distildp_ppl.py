@@ -8,8 +8,8 @@ Each cell is one real run of jobs/<job>.yaml with privacy.target_epsilon set (in
 a non-private standalone student). In one run: zero-shot, the DP-SGD student (dp_standalone, same ε), the
 DistilDP student and its hard-label-only twin (same teacher, same synthetic text, same start). Prints the mean
 test perplexity of the clients and each one's difference from the DP-SGD student of the same run (negative:
-better than it), and writes bench/results/distildp_ppl.json (cells
-measured before with the same overrides are kept).
+better than it), and writes bench/results/distildp_ppl.json: each cell with the overrides it ran with; cells
+recorded before are kept unless this run measures the same job, ε and overrides again.
 """
 
 from __future__ import annotations
@@ -87,20 +87,22 @@ def main() -> None:
         f = lambda k, c=c: f"{c[k]:.2f}" if k in c else "—"  # noqa: E731
         print(f"{c['job']:<16}{c['epsilon']:>5}  {f('zero_shot'):>10} {f('dp_standalone'):>10} "
               f"{f('hard_labels'):>10} {f('distildp'):>10} {f('distildp_minus_dp_standalone'):>12}")
-    write_result("distildp_ppl", {"overrides": args.set, "cells": merged(cells, args.set)})
+    write_result("distildp_ppl", {"cells": merged(cells, args.set)})
 
 
 def merged(cells: list[dict[str, Any]], overrides: list[str]) -> list[dict[str, Any]]:
-    """This run's cells plus the recorded ones it did not measure again (same overrides), so cells measured
-    in separate invocations end up in one file."""
+    """This run's cells plus every recorded one it did not measure again, so cells measured in separate
+    invocations end up in one file. A cell carries the overrides it ran with; a recorded cell is replaced only
+    by one of the same job, ε and overrides (files written before cells carried them: the file's overrides)."""
     from bench.common import RESULTS
 
     path = RESULTS / "distildp_ppl.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    if old.get("overrides", []) != overrides:
-        return cells
-    done = {(c["job"], c["epsilon"]) for c in cells}
-    return [c for c in old.get("cells", []) if (c["job"], c["epsilon"]) not in done] + cells
+    key = lambda c: (c["job"], c["epsilon"], tuple(c["overrides"]))  # noqa: E731
+    new = [{**c, "overrides": overrides, "when": time.strftime("%Y-%m-%d %H:%M")} for c in cells]
+    recorded = [{**c, "overrides": c.get("overrides", old.get("overrides", []))} for c in old.get("cells", [])]
+    done = {key(c) for c in new}
+    return [c for c in recorded if key(c) not in done] + new
 
 
 if __name__ == "__main__":
