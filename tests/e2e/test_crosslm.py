@@ -55,6 +55,7 @@ def test_crosslm_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, serve
         assert all(q["calibration"] == "prior" and abs(sum(q["prior"]) - 1) < 1e-3 for q in priors)
         assert m["client/train/transfer_examples/mean"] == len(rows)
         assert m["server/llm_train/loss_last"] > 0 and 0 <= m["server/llm/test/accuracy"] <= 1
+        assert 0 <= m["server/llm/test/channel_accuracy"] <= 1  # the same LLM read as a noisy channel
         pool += len(rows)  # the LLM learns every sample selected so far, as generation and as task records
         assert m["server/llm_train/records"] == 2 * pool
         assert m["server/llm/general/perplexity"] > 1

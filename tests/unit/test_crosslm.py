@@ -1,4 +1,5 @@
-"""CrossLM's score calibration: a label-skewed client's probabilities corrected for its own label prior."""
+"""CrossLM: the score calibration (a label-skewed client corrected for its own label prior) and the LLM read as a
+noisy-channel classifier."""
 
 from __future__ import annotations
 
@@ -30,3 +31,44 @@ def test_calibration_is_a_checked_choice() -> None:
     assert registry.build_params("crosslm", {"calibration": "none"}).calibration == "none"
     with pytest.raises(ConfigError, match="calibration must be one of prior, none .got 'platt'"):
         registry.build_params("crosslm", {"calibration": "platt"})
+
+
+class _CharLM:
+    """A served-LLM stand-in for `llm_eval`: one token per character, each −1 nats, except that the text after
+    a prompt naming a label is a little likelier when it holds that label's cue word (−0.97 a character: over
+    a whole text, less than one prompt character)."""
+
+    cues = {"World": "election", "Sports": "goal", "Business": "shares", "Sci/Tech": "software"}
+
+    def topk_logprobs(self, texts: list[str], k: int = 1, adapter: str | None = None) -> object:
+        from types import SimpleNamespace
+
+        items = []
+        for t in texts:
+            head, _, body = t.rpartition("Text:")
+            named = [lab for lab in self.cues if f'"{lab}"' in head]
+            liked = bool(named) and self.cues[named[0]] in body
+            n_head = len(head) + len("Text:") if head else 0
+            lps = [-1.0] * n_head + [-0.97 if liked else -1.0] * (len(t) - n_head)
+            items.append(SimpleNamespace(token_ids=list(range(len(t))), token_logprobs=[None, *lps[1:]]))
+        return SimpleNamespace(texts=items)
+
+
+def test_channel_rule_picks_the_label_whose_generation_prompt_makes_the_text_likeliest() -> None:
+    from estuary.data.datasets import get_task
+    from estuary.data.task import Example
+    from estuary.knowledge.llm_eval import llm_classify, llm_predict
+
+    task = get_task("agnews")
+    assert task.label_names == ("World", "Sports", "Business", "Sci/Tech")
+    examples = [Example(text=t, label=y) for t, y in [("a late goal wins the cup", 1), ("new software ships", 3),
+                                                      ("shares fall again", 2), ("the election is close", 0),
+                                                      ("the goal of the election", 1)]]
+    # only the text's own tokens count: the four prompts differ in length (a whole-sequence sum would pick the
+    # shortest prompt's label for every text); a tie goes to the lowest label (the last text)
+    assert llm_predict(_CharLM(), task, examples, rule="channel", batch=4) == [1, 3, 2, 0, 0]
+    res = llm_classify(_CharLM(), task, examples, rule="channel")
+    assert res["accuracy"] == pytest.approx(0.8) and res["n"] == 5
+    with pytest.raises(ValueError, match="rule must be direct or channel"):
+        llm_predict(_CharLM(), task, examples, rule="noisy")
+    assert registry.build_params("crosslm", {}).llm_channel_eval is True

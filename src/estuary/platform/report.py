@@ -19,7 +19,8 @@ CLASSIFICATION_COLUMNS = [
     ("SLM test F1", "client/test/macro_f1/mean"),
     ("LLM test acc", "server/llm/test/accuracy|server/test/accuracy"),
 ]
-LLM_SERIES = ["server/llm/test/accuracy", "server/llm/test/perplexity", "server/llm/general/perplexity"]
+LLM_SERIES = ["server/llm/test/accuracy", "server/llm/test/channel_accuracy", "server/llm/test/perplexity",
+              "server/llm/general/perplexity"]
 GENERATION_COLUMNS = [
     ("SLM own-eval PPL", "client/eval/perplexity/mean"),
     ("SLM test PPL", "client/test/perplexity/mean"),

@@ -163,7 +163,7 @@ class CrossLM(Strategy):
         from estuary.knowledge.llm_eval import llm_perplexity
 
         p: CrossLMConfig = self.params
-        out = evaluate_served_llm(server, version, p.llm_eval_size)
+        out = evaluate_served_llm(server, version, p.llm_eval_size, channel=p.llm_channel_eval)
         if p.general_size:
             out.update({f"general/{k}": v for k, v in
                         llm_perplexity(server.llm, _general_texts(p.general_task, p.general_size, self.exp.seed,

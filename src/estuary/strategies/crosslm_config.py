@@ -56,6 +56,11 @@ class CrossLMConfig:
     adapter_name: str = field(default="crosslm", metadata={"help": "Name of the published server adapter."})
     llm_eval_size: int = field(
         default=100, metadata={"help": "Test examples the served LLM is evaluated on each round (0: off)."})
+    llm_channel_eval: bool = field(
+        default=True, metadata={"help": "Also score the LLM as a noisy channel each round (the label whose "
+                                        "generation prompt makes the test text likeliest; metric "
+                                        "llm/test/channel_accuracy): the generator CrossLM trains, read as a "
+                                        "classifier, beside the direct verbalizer accuracy."})
     general_task: str = field(
         default="e2e", metadata={"help": "Held-out general text set whose perplexity tracks the LLM's general "
                                  "ability (a task name: its test split's texts)."})

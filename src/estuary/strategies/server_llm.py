@@ -33,9 +33,11 @@ def train_server_adapter(strategy: Strategy, rnd: int, server: ServerContext, re
                         "tokens_per_s": outcome.tokens_per_second}
 
 
-def evaluate_served_llm(server: ServerContext, version: str | None, n: int) -> dict[str, float]:
+def evaluate_served_llm(server: ServerContext, version: str | None, n: int, *, channel: bool = False
+                        ) -> dict[str, float]:
     """The served LLM (`version` of the adapter, None: the base model) on the first `n` test examples:
-    accuracy for a classification task, perplexity of prompt + completion for a generation task."""
+    accuracy for a classification task, perplexity of prompt + completion for a generation task; with
+    `channel`, also the noisy-channel accuracy of a single-text classification task (`channel_accuracy`)."""
     from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
 
     if not n:
@@ -43,10 +45,13 @@ def evaluate_served_llm(server: ServerContext, version: str | None, n: int) -> d
     test = list(server.test)[:n]
     if server.task.kind == "classification":
         res = llm_classify(server.llm, server.task, test, adapter=version)
+        if channel and not any(ex.text_pair is not None for ex in test):
+            res.update({f"channel_{k}": v for k, v in
+                        llm_classify(server.llm, server.task, test, adapter=version, rule="channel").items()})
     else:
         res = llm_perplexity(server.llm, [server.task.prompt(ex) + server.task.completion(ex) for ex in test],
                              adapter=version)
-    return {f"test/{k}": v for k, v in res.items() if k != "n"}
+    return {f"test/{k}": v for k, v in res.items() if k not in ("n", "channel_n")}
 
 
 def method_llm_eval_size(exp: Any) -> int | None:
