@@ -82,11 +82,11 @@ TASKS: dict[str, Task] = {
             "Write a one- or two-sentence restaurant description that expresses every "
             "attribute of a meaning representation."
         ),
-        # public, hand-written (not from the data): the form a DP teacher writes its samples in, and the
-        # prefix every meaning representation starts with (an ε = 2 teacher never found the form on its own)
-        extra={"subject": "a restaurant's attributes, then a description of it, in this form: name[The Golden "
-                          "Fork], eatType[restaurant], food[Italian], area[riverside] The Golden Fork is an "
-                          "Italian restaurant by the river",
+        # public, hand-written (not from the data): E2E's attribute schema, which a DP teacher writes its samples
+        # in, and the prefix every meaning representation starts with (an ε = 2 teacher never found the form on
+        # its own; a concrete example line in the prompt was copied by the teachers instead of learnt from)
+        extra={"subject": "a restaurant's attributes, each as key[value] (name, eatType, food, priceRange, "
+                          "customer rating, area, familyFriendly, near), then a one-sentence description of it",
                "prefix": "name["},
     ),
 }
