@@ -272,3 +272,23 @@ def test_seed_per_prompt_and_per_chunk() -> None:
     q = GenerationParams(seed=7, n=4)
     seeds = [q.for_prompt(i).seed + j for i in range(24) for j in range(q.n)]  # type: ignore[operator]
     assert len(set(seeds)) == 96
+
+
+def test_a_dead_deployment_is_one_line_that_names_resume() -> None:
+    """A replica killed mid-run (the first FedMKT RTE run: OOM during the LLM's training) surfaced as Ray's
+    DeploymentUnavailableError traceback; the CLI now prints one EstuaryError line."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    from estuary.errors import EstuaryError
+    from estuary.serve.client import _unwrap
+    from estuary.serve.types import InvalidRequest, ServerUnavailable
+
+    err = _unwrap(DeploymentUnavailableError(DeploymentID(name="estuary-llm", app_name="estuary-llm")))
+    assert isinstance(err, ServerUnavailable) and isinstance(err, EstuaryError)
+    assert "\n" not in str(err) and "estuary resume" in str(err) and "estuary-llm" in str(err)
+    wrapped = RuntimeError("wrapper")
+    wrapped.cause = InvalidRequest("bad")  # type: ignore[attr-defined]
+    assert isinstance(_unwrap(wrapped), InvalidRequest)  # the replica's own errors still come through
+    other = RuntimeError("x")
+    assert _unwrap(other) is other

@@ -16,14 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from estuary.serve.adapters import AdapterVersion, read_adapter_files
-from estuary.serve.types import Completion, GenerationParams, Prompt, ServeError, TopKLogprobs
+from estuary.serve.types import Completion, GenerationParams, Prompt, ServeError, ServerUnavailable, TopKLogprobs
 
 ProgressFn = Callable[[int, int, int], None]  # (prompts done, prompts total, output tokens so far)
 STREAM_AT = 64  # requests with at least this many prompts stream back in batches
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The replica's own error (InvalidRequest, UnknownAdapter, ...) rather than Ray's wrapper."""
+    """The replica's own error (InvalidRequest, UnknownAdapter, ...) rather than Ray's wrapper; a deployment
+    whose replica died becomes one `ServerUnavailable` line instead of Ray's traceback."""
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    if isinstance(exc, DeploymentUnavailableError):
+        return ServerUnavailable(
+            f"the server LLM's deployment is unavailable ({exc}): its replica died, on a small machine usually "
+            "killed for memory (see the raylet log); completed rounds are kept — free memory (e.g. a smaller "
+            "method_params.llm_train.max_length or micro_batch_size) and continue with `estuary resume RUN_DIR`")
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, ServeError) else exc
 

@@ -38,6 +38,13 @@ class UnknownAdapter(ServeError, KeyError):
         return str(self.args[0]) if self.args else "unknown adapter"
 
 
+class ServerUnavailable(ServeError):
+    """The server LLM's deployment has no live replica (it died mid-run: on a small machine, usually killed for
+    memory); one line says so, and the run's completed rounds are kept for `estuary resume`."""
+
+    status = 503
+
+
 class ServerStartupError(ServeError):
     """The server could not start (model missing, not enough memory, timeout); one line says why."""
 
