@@ -72,3 +72,40 @@ def test_channel_rule_picks_the_label_whose_generation_prompt_makes_the_text_lik
     with pytest.raises(ValueError, match="rule must be direct or channel"):
         llm_predict(_CharLM(), task, examples, rule="noisy")
     assert registry.build_params("crosslm", {}).llm_channel_eval is True
+
+
+@pytest.mark.parametrize("llm_continue", [False, True])
+def test_llm_trains_fresh_on_the_pool_or_continues_the_live_version_on_the_rounds_selection(
+        monkeypatch: pytest.MonkeyPatch, llm_continue: bool) -> None:
+    """Fresh (default): every round's adapter starts anew on every sample selected so far. llm_continue: round 1
+    starts anew, later rounds continue the live version on their own selection only (the pool is already in it)."""
+    from types import SimpleNamespace
+
+    from estuary.data.datasets import get_task
+    from estuary.data.task import Example
+    from estuary.platform.config import load_config
+    from estuary.platform.registry import build_params, get
+    from estuary.strategies import crosslm
+
+    cfg = load_config("jobs/crosslm-sst2.yaml", [f"method_params.llm_continue={str(llm_continue).lower()}"])
+    strategy = get("crosslm")(cfg, build_params("crosslm", cfg.params_of("crosslm")))
+    calls: list[dict] = []
+
+    def fake_train(strat, rnd, server, records, config, what, start=None):  # type: ignore[no-untyped-def]
+        calls.append({"records": records, "start": start, "seed": config["seed"], "what": what})
+        return f"crosslm@v{rnd}", {"records": float(len(records))}
+
+    monkeypatch.setattr(crosslm, "train_server_adapter", fake_train)
+    server = SimpleNamespace(task=get_task("sst2"))
+    for rnd, texts in [(1, ["a fine film", "dull"]), (2, ["a joy"])]:
+        strategy._selected = [Example(text=t, label=i % 2) for i, t in enumerate(texts)]
+        strategy._pool += [[ex.text, ex.label] for ex in strategy._selected]
+        strategy.version, _ = strategy._train_llm(rnd, server)  # type: ignore[arg-type]
+    first, second = ([r["completion"] for r in c["records"]] for c in calls)
+    assert first == [" a fine film\n", " dull\n"] and calls[0]["start"] is None
+    assert calls[1]["seed"] == cfg.seed + 2
+    if llm_continue:
+        assert second == [" a joy\n"] and calls[1]["start"] == "crosslm@v1" and calls[1]["what"] == "continued"
+    else:
+        assert second == [" a fine film\n", " dull\n", " a joy\n"] and calls[1]["start"] is None
+    assert registry.build_params("crosslm", {}).llm_continue is False

@@ -9,7 +9,8 @@ Per round:
   `calibration: prior` (default) the probabilities are first corrected for the client's own label prior
   (its mean prediction over the round's samples), so a label-skewed client still ranks minority-label samples.
 - server: scores are aggregated across clients (mean probability and agreement fraction); the samples
-  passing both thresholds are selected. The LLM is fine-tuned on them (Ray Train + DeepSpeed, LoRA) and the
+  passing both thresholds are selected. The LLM is fine-tuned (Ray Train + DeepSpeed, LoRA): a fresh adapter
+  on every sample selected so far, or with `llm_continue` the live adapter on this round's selection. The
   adapter is published as the next live version, which the next round generates with. The LLM is evaluated
   on the task (through the deployment, that version) and on a general text set (perplexity).
 - phase 2 `train` (clients): each client trains on private + selected data and is evaluated.
@@ -144,20 +145,25 @@ class CrossLM(Strategy):
         return metrics
 
     def _train_llm(self, rnd: int, server: ServerContext) -> tuple[str, dict[str, float]]:
-        """Fine-tune a fresh LoRA adapter of the served LLM on every sample selected so far (prompt →
-        sample, loss on the sample; with llm_task_records also task prompt → label word), with Ray Train +
-        DeepSpeed; publish it as the next version."""
+        """Fine-tune a LoRA adapter of the served LLM (prompt → sample, loss on the sample; with
+        llm_task_records also task prompt → label word), with Ray Train + DeepSpeed, and publish it as the next
+        version: a fresh adapter on every sample selected so far, or with llm_continue the live version
+        continued on this round's selection."""
         from estuary.knowledge.prompts import generation_prompt
 
         p: CrossLMConfig = self.params
-        records = [{"prompt": generation_prompt(server.task, int(label)), "completion": f" {text}\n"}
-                   for text, label in self._pool]
+        start = self.version if p.llm_continue else None
+        data = [(ex.text, int(ex.label or 0)) for ex in self._selected] if start else \
+            [(text, int(label)) for text, label in self._pool]
+        records = [{"prompt": generation_prompt(server.task, label), "completion": f" {text}\n"}
+                   for text, label in data]
         if p.llm_task_records:  # the same samples as task examples: prompt → label word
             task = server.task
             records += [{"prompt": task.prompt(ex), "completion": task.completion(ex)}
-                        for ex in (Example(text=text, label=int(label)) for text, label in self._pool)]
+                        for ex in (Example(text=text, label=label) for text, label in data)]
         config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
-        return train_server_adapter(self, rnd, server, records, config, what="trained")
+        return train_server_adapter(self, rnd, server, records, config,
+                                    what="continued" if start else "trained", start=start)
 
     def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
         from estuary.knowledge.llm_eval import llm_perplexity

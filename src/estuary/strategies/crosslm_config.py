@@ -53,6 +53,11 @@ class CrossLMConfig:
     llm_train: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Server training settings (estuary.train TrainConfig fields: steps, lr, zero, ...)."})
+    llm_continue: bool = field(
+        default=False, metadata={"help": (
+            "Each round's LLM adapter starts from the last published version and trains on that round's selected "
+            "samples only, so the LLM accumulates the clients' feedback over rounds; False: a fresh adapter each "
+            "round, trained on every sample selected so far.")})
     adapter_name: str = field(default="crosslm", metadata={"help": "Name of the published server adapter."})
     llm_eval_size: int = field(
         default=100, metadata={"help": "Test examples the served LLM is evaluated on each round (0: off)."})
