@@ -130,3 +130,26 @@ def test_classify_judge_keeps_clusters_the_llm_labels_as_claimed() -> None:
     assert verdicts[1][1] == "1/3 labelled positive by the LLM"
     with pytest.raises(ValueError, match="classification"):
         llm_judge(ScoringLLM(), get_task("e2e"))
+
+
+def test_classify_judge_tolerance_accepts_neighbouring_ordinal_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Star ratings are ordinal: with tolerance 1 a 3-star cluster the LLM reads as 2 and 4 stars passes; a
+    1-star cluster read as 4 and 5 stars still fails. Tolerance 0 is the exact-label judge."""
+    from estuary.errors import ConfigError
+    from estuary.knowledge import llm_eval
+    from estuary.platform import registry
+
+    yelp = get_task("yelp")
+    assert yelp.num_labels == 5
+    reads = {"meh": 1, "fine": 3, "ok": 2, "awful?": 4, "great": 4, "superb": 4}  # the LLM's label per text
+    monkeypatch.setattr(llm_eval, "llm_predict", lambda llm, task, examples, adapter=None: [
+        reads[ex.text] for ex in examples])
+    clusters = [(2, ["meh", "fine", "ok"]), (0, ["awful?", "great", "superb"])]
+    strict = llm_judge(object(), yelp)(clusters)  # type: ignore[arg-type]
+    assert [v for v, _ in strict] == [False, False] and strict[0][1].startswith("1/3 labelled")
+    loose = llm_judge(object(), yelp, tolerance=1)(clusters)  # type: ignore[arg-type]
+    assert [v for v, _ in loose] == [True, False]
+    assert loose[0][1].endswith("or within 1 by the LLM") and loose[0][1].startswith("3/3")
+    assert registry.build_params("fdkt", {"filter": {"judge_tolerance": 1}}).filter.judge_tolerance == 1
+    with pytest.raises(ConfigError, match="judge_tolerance must be >= 0"):
+        registry.build_params("fdkt", {"filter": {"judge_tolerance": -1}})

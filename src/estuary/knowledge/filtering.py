@@ -48,9 +48,18 @@ class FilterConfig:
             "cluster (a 0.5B judge answered No to every cluster of real SST-2 reviews).")})
     judge_agreement: float = field(
         default=0.5, metadata={"help": "classify mode: share of shown texts the LLM must label as the cluster's."})
+    judge_tolerance: int = field(
+        default=0, metadata={"help": (
+            "classify mode, for ordinal labels such as star ratings: a shown text agrees with its cluster when the "
+            "LLM's label is within this many label positions of the cluster's (1: a 3-star text read as 2 or 4 "
+            "stars agrees). On Yelp a 0.5B judge kept no 1- to 3-star sample at 0 (docs/results.md).")})
     judge_examples: int = field(default=5, metadata={"help": "Texts per cluster shown to the judge."})
     judge_unclear: Literal["keep", "drop"] = field(
         default="keep", metadata={"help": "ask mode: a cluster whose verdict is neither Yes nor No."})
+
+    def __post_init__(self) -> None:
+        if self.judge_tolerance < 0:
+            raise ValueError(f"judge_tolerance must be >= 0 label positions (got {self.judge_tolerance})")
 
 
 @dataclass

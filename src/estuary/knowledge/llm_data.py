@@ -48,10 +48,11 @@ def _params(cfg: GenerateConfig, seed: int) -> Any:
 
 
 def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None, mode: str = "classify",
-              agreement: float = 0.5) -> Judge:
+              agreement: float = 0.5, tolerance: int = 0) -> Judge:
     """A `filtering.Judge` backed by the server LLM, all clusters in one call. `classify`: the LLM labels
     every shown text (verbalizer log-likelihood, as `llm_classify`); a cluster passes when at least
-    `agreement` of its texts get its label. `ask`: a chat Yes/No question per cluster (greedy, 4 tokens)."""
+    `agreement` of its texts get its label, or one within `tolerance` label positions of it (ordinal labels).
+    `ask`: a chat Yes/No question per cluster (greedy, 4 tokens)."""
     from estuary.knowledge.llm_eval import llm_predict
     from estuary.serve.types import GenerationParams
 
@@ -61,9 +62,10 @@ def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None, mode: str = "
         out: list[tuple[bool | None, str]] = []
         for label, texts in clusters:
             got = [next(preds) for _ in texts]
-            share = sum(p == label for p in got) / max(1, len(got))
-            out.append((share >= agreement, f"{sum(p == label for p in got)}/{len(got)} labelled "
-                        f"{label_name(task, label)} by the LLM"))
+            hits = sum(abs(p - label) <= tolerance for p in got)
+            within = f" or within {tolerance}" if tolerance else ""
+            out.append((hits / max(1, len(got)) >= agreement,
+                        f"{hits}/{len(got)} labelled {label_name(task, label)}{within} by the LLM"))
         return out
 
     def ask(clusters: Sequence[tuple[int, list[str]]]) -> list[tuple[bool | None, str]]:
@@ -74,6 +76,8 @@ def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None, mode: str = "
         answers = [c.text for c in llm.generate(prompts, params, adapter=adapter)]
         return [(parse_verdict(a), a.strip()) for a in answers]
 
+    if tolerance < 0:
+        raise ValueError(f"judge tolerance must be >= 0 label positions (got {tolerance})")
     if mode not in ("classify", "ask"):
         raise ValueError(f"judge mode {mode!r}: use classify or ask")
     if mode == "classify" and task.kind != "classification":

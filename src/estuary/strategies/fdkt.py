@@ -99,7 +99,7 @@ class FDKT(Strategy):
             return metrics
         llm = server.llm
         judge = llm_judge(llm, task, adapter=p.server_adapter, mode=p.filter.judge_mode,
-                          agreement=p.filter.judge_agreement)
+                          agreement=p.filter.judge_agreement, tolerance=p.filter.judge_tolerance)
         first = filter_examples(synthetic, task, p.filter, embed=self._embed, judge=judge, seed=seed)
         kept_ids = {ex.uid for ex in first.kept}
         server.record("synthetic", [example_row(ex, strategy=self.name, round=rnd, client=ex.uid.split("/")[1],
