@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from estuary.data import TASKS, Example, find_data_root, get_task, load_splits
-from estuary.data.datasets import clean_news
+from estuary.data.parsers import clean_news
 from estuary.errors import DataError
 
 # task -> (train, eval, test) sizes with the default seed and no subsampling

@@ -9,7 +9,7 @@ import torch
 from estuary.actors.pool import worker_capacity
 from estuary.actors.state import ClientState
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.config import ResourcesConfig
+from estuary.platform.clients_config import ResourcesConfig
 from estuary.platform.records import Recorder
 from estuary.platform.report import results_table
 

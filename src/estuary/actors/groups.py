@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from estuary.errors import ConfigError
-from estuary.platform.config import ExperimentConfig, ResourcesConfig
+from estuary.platform.clients_config import ResourcesConfig
+from estuary.platform.config import ExperimentConfig
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from estuary.actors.groups import WorkerGroup, node_capacities, plan_groups
 from estuary.actors.state import ClientState
 from estuary.actors.worker import ClientWorker
 from estuary.errors import EstuaryError
-from estuary.platform.config import ExperimentConfig, ResourcesConfig
+from estuary.platform.clients_config import ResourcesConfig
+from estuary.platform.config import ExperimentConfig
 from estuary.platform.plan import ClientTask
 from estuary.platform.strategy import RoundOutcome, Strategy
 

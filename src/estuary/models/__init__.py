@@ -5,11 +5,9 @@
 ``list_models`` feeds ``estuary models list``. Free of Ray; torch/transformers load only to convert.
 """
 
+from estuary.models.catalog import ALIASES, ModelSource, PackageFile
 from estuary.models.sources import (
-    ALIASES,
     ModelInfo,
-    ModelSource,
-    PackageFile,
     cache_dir,
     get_source,
     is_installed,
