@@ -69,17 +69,7 @@ def main() -> None:
                 runs.append({"seed": seed, "perplexity": perplexities(summary), "epsilon": eps_got,
                              "wall_s": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)})
                 print(json.dumps({"job": job, "epsilon": eps, **runs[-1]}), flush=True)
-            cell: dict[str, Any] = {"job": job, "epsilon": eps, "runs": runs}
-            for name in ROWS:
-                vals = [r["perplexity"][name] for r in runs if r.get("perplexity", {}).get(name) is not None]
-                if vals:
-                    cell[name] = round(statistics.fmean(vals), 3)
-            for name in ("hard_labels", "distildp"):
-                ok = [r["perplexity"] for r in runs if "perplexity" in r]
-                diffs = [q[name] - q["dp_standalone"] for q in ok
-                         if q.get(name) is not None and q.get("dp_standalone") is not None]
-                if diffs:
-                    cell[f"{name}_minus_dp_standalone"] = round(statistics.fmean(diffs), 3)
+            cell = summarised(job, eps, runs)
             cells.append(cell)
     print(f"\n{'job':<16}{'ε':>5}  {'zero-shot':>10} {'DP-SGD':>10} {'hard-only':>10} {'DistilDP':>10} "
           f"{'Δ vs DP-SGD':>12}")
@@ -90,10 +80,27 @@ def main() -> None:
     write_result("distildp_ppl", {"cells": merged(cells, args.set)})
 
 
+def summarised(job: str, eps: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell: its runs (one per seed) and, per row, the mean perplexity and mean difference from DP-SGD."""
+    cell: dict[str, Any] = {"job": job, "epsilon": eps, "runs": runs}
+    for name in ROWS:
+        vals = [r["perplexity"][name] for r in runs if r.get("perplexity", {}).get(name) is not None]
+        if vals:
+            cell[name] = round(statistics.fmean(vals), 3)
+    for name in ("hard_labels", "distildp"):
+        ok = [r["perplexity"] for r in runs if "perplexity" in r]
+        diffs = [q[name] - q["dp_standalone"] for q in ok
+                 if q.get(name) is not None and q.get("dp_standalone") is not None]
+        if diffs:
+            cell[f"{name}_minus_dp_standalone"] = round(statistics.fmean(diffs), 3)
+    return cell
+
+
 def merged(cells: list[dict[str, Any]], overrides: list[str]) -> list[dict[str, Any]]:
     """This run's cells plus every recorded one it did not measure again, so cells measured in separate
-    invocations end up in one file. A cell carries the overrides it ran with; a recorded cell is replaced only
-    by one of the same job, ε and overrides (files written before cells carried them: the file's overrides)."""
+    invocations end up in one file. A cell carries the overrides it ran with; a recorded cell of the same job,
+    ε and overrides (files written before cells carried them: the file's overrides) gives way to this run's,
+    which keeps the recorded runs of seeds it did not run again: seeds run one invocation at a time add up."""
     from bench.common import RESULTS
 
     path = RESULTS / "distildp_ppl.json"
@@ -102,6 +109,13 @@ def merged(cells: list[dict[str, Any]], overrides: list[str]) -> list[dict[str, 
     new = [{**c, "overrides": overrides, "when": time.strftime("%Y-%m-%d %H:%M")} for c in cells]
     recorded = [{**c, "overrides": c.get("overrides", old.get("overrides", []))} for c in old.get("cells", [])]
     done = {key(c) for c in new}
+    for i, c in enumerate(new):
+        seeds = {r["seed"] for r in c.get("runs", [])}
+        kept = [r for old_c in recorded if key(old_c) == key(c)
+                for r in old_c.get("runs", []) if r["seed"] not in seeds]
+        if kept:
+            runs = sorted([*kept, *c["runs"]], key=lambda r: r["seed"])
+            new[i] = {**summarised(c["job"], c["epsilon"], runs), "overrides": c["overrides"], "when": c["when"]}
     return [c for c in recorded if key(c) not in done] + new
 
 
