@@ -62,22 +62,24 @@ def main() -> None:
                     run_dir = run_experiment(load_config(JOBS / f"{job}.yaml", overrides), show_progress=False)
                 except EstuaryError as exc:  # e.g. no DP teacher sample parsed: the cell says so, no figures
                     runs.append({"seed": seed, "failed": str(exc), "wall_s": round(time.perf_counter() - t0, 1)})
-                    print(json.dumps({"job": job, "epsilon": eps, **runs[-1]}), flush=True)
+                    print(json.dumps({**runs[-1], "job": job, "target_epsilon": eps}), flush=True)
                     continue
                 summary = json.loads((run_dir / "summary.json").read_text())
                 eps_got = [v.get("epsilon") for v in summary.get("privacy", {}).get("distildp", {}).values()]
                 runs.append({"seed": seed, "perplexity": perplexities(summary), "epsilon": eps_got,
                              "wall_s": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)})
-                print(json.dumps({"job": job, "epsilon": eps, **runs[-1]}), flush=True)
-            cell = summarised(job, eps, runs)
-            cells.append(cell)
-    print(f"\n{'job':<16}{'ε':>5}  {'zero-shot':>10} {'DP-SGD':>10} {'hard-only':>10} {'DistilDP':>10} "
+                print(json.dumps({**runs[-1], "job": job, "target_epsilon": eps}), flush=True)
+            cells.append(summarised(job, eps, runs))
+    every = merged(cells, args.set)
+    write_result("distildp_ppl", {"cells": every})
+    # the cells as written: with the recorded seeds of the same job, ε and overrides that this run did not repeat
+    print(f"\n{'job':<16}{'ε':>5}{'seeds':>7}  {'zero-shot':>10} {'DP-SGD':>10} {'hard-only':>10} {'DistilDP':>10} "
           f"{'Δ vs DP-SGD':>12}")
-    for c in cells:
+    for c in every[len(every) - len(cells):]:
         f = lambda k, c=c: f"{c[k]:.2f}" if k in c else "—"  # noqa: E731
-        print(f"{c['job']:<16}{c['epsilon']:>5}  {f('zero_shot'):>10} {f('dp_standalone'):>10} "
+        seeds = ",".join(str(r["seed"]) for r in c["runs"])
+        print(f"{c['job']:<16}{c['epsilon']:>5}{seeds:>7}  {f('zero_shot'):>10} {f('dp_standalone'):>10} "
               f"{f('hard_labels'):>10} {f('distildp'):>10} {f('distildp_minus_dp_standalone'):>12}")
-    write_result("distildp_ppl", {"cells": merged(cells, args.set)})
 
 
 def summarised(job: str, eps: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
