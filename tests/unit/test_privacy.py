@@ -187,6 +187,28 @@ def test_ghost_bk_and_hooks_clip_identically_and_leave_no_hooks(tok) -> None:  #
     assert hooks.clipping == "hooks" and "LlamaRMSNorm" in hooks.clipping_reason
 
 
+def test_physical_chunks_give_the_whole_batch_update(tok) -> None:  # type: ignore[no-untyped-def]
+    """privacy.max_physical_batch_size: chunks add their clipped gradients into one noised step per batch."""
+    for mode in ("ghost_bk", "ghost", "hooks"):
+        runs = []
+        for physical in (None, 3):
+            model = lora_model(tok)
+            cfg = PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode, max_physical_batch_size=physical)
+            r = train(model, tok, {}, cfg, batch_size=8, steps=3)
+            assert r.steps == 3 and len(r.losses) == 3  # one noised (and accounted) step per Poisson batch
+            runs.append((r, slm.adapter_state(model)))
+        (whole, w_state), (chunked, c_state) = runs
+        assert chunked.batch_sizes == whole.batch_sizes and max(whole.batch_sizes) > 3  # some batches chunked
+        assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
+        assert chunked.entry is not None and chunked.entry.epsilon_after == whole.epsilon
+        for k, v in w_state.items():
+            assert torch.allclose(v, c_state[k], atol=1e-5), (mode, k)
+        fresh = slm.adapter_state(lora_model(tok))
+        assert any(not torch.allclose(v, fresh[k]) for k, v in c_state.items())  # it did train
+    with pytest.raises(ConfigError, match="max_physical_batch_size"):
+        load_config("jobs/quickstart.yaml", ["privacy.max_physical_batch_size=0"])
+
+
 def test_dp_training_is_reproducible_and_secure_rng_is_not(tok) -> None:  # type: ignore[no-untyped-def]
     cfg = PrivacyConfig(target_epsilon=3.0, delta=1e-3)
     a, b = train(lora_model(tok), tok, {}, cfg), train(lora_model(tok), tok, {}, cfg)

@@ -112,6 +112,11 @@ class PrivacyConfig(_Section):
         "ghost_bk: ghost norms + book-keeping (1 pass, Linear layers); auto: ghost clipping where Opacus "
         "supports every trainable layer (ghost_bk for LoRA on Linear layers, else ghost), hooks otherwise.",
     )
+    max_physical_batch_size: int | None = Field(
+        None, ge=1, description="Largest batch one forward/backward pass holds: a Poisson batch above it runs in "
+        "chunks whose clipped gradients add up before one noised step (Opacus BatchMemoryManager's virtual steps); "
+        "same update and guarantee, less memory. null: the whole batch at once.",
+    )
     secure_rng: bool = Field(
         False, description="Cryptographic RNG for sampling and noise (torchcsprng if installed); not reproducible."
     )

@@ -3,9 +3,10 @@
 `dp_train_steps` is the DP counterpart of `estuary.actors.slm.train_steps`: Poisson sampling
 (`UniformWithReplacementSampler`, so the sample rate is exactly q = batch_size / n) and noised steps of an
 Opacus `DPStepper` (estuary.privacy.stepper: ghost clipping where Opacus supports the layers, per-example
-hooks otherwise). Before any training the accountant decides: σ is calibrated to the target ε (or taken
-from the config), the ε the ledger would reach is computed, and work that would pass the budget is
-refused, not run. Every call appends one entry to the ledger (dp-sgd, non-private or refused).
+hooks otherwise; Poisson batches above `privacy.max_physical_batch_size` run in physical chunks). Before
+any training the accountant decides: σ is calibrated to the target ε (or taken from the config), the ε the
+ledger would reach is computed, and work that would pass the budget is refused, not run.
+Every call appends one entry to the ledger (dp-sgd, non-private or refused).
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def dp_train_steps(
     was_training = model.training
     pad_id = _pad_id(tokenizer)
     stepper = DPStepper(model, optimizer, mode=mode, sigma=sigma, max_grad_norm=dp_cfg.max_grad_norm,
-                        expected_batch_size=q * n, noise_generator=g_noise, secure_mode=secure, pad_id=pad_id)
+                        expected_batch_size=q * n, noise_generator=g_noise, secure_mode=secure, pad_id=pad_id,
+                        max_physical_batch_size=dp_cfg.max_physical_batch_size)
     losses, sizes, tokens = [], [], 0
     cache: dict[int, Encoded] = {}
     try:

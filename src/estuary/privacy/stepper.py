@@ -6,7 +6,10 @@ or `GradSampleHooksFastGradientClipping` for ghost clipping with `DPLossFastGrad
 `DPOptimizer` (`get_optimizer_class`) — so that a worker's shared model gets its hooks removed afterwards.
 A fourth mode, `ghost_bk` (estuary.privacy.ghost_bk), keeps Opacus' ghost norms with one backward pass.
 `choose_clipping` picks the mode and says why; `check_wrappable` turns what Opacus cannot train into one
-`PrivacyError` line naming the setting and the fix.
+`PrivacyError` line naming the setting and the fix. A Poisson batch larger than `max_physical_batch_size`
+runs in physical chunks through Opacus' own virtual-step mechanism (`DPOptimizer.signal_skip_step`, what
+`BatchMemoryManager` drives): each chunk's clipped gradients add into `summed_grad`, and only the last one
+noises and steps, so the update and the guarantee are those of the whole batch at a fraction of the memory.
 """
 
 from __future__ import annotations
@@ -147,11 +150,15 @@ class DPStepper:
         noise_generator: Any = None,
         secure_mode: bool = False,
         pad_id: int = 0,
+        max_physical_batch_size: int | None = None,
     ) -> None:
         from opacus.grad_sample.utils import prepare_module
         from opacus.optimizers import get_optimizer_class
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+        if max_physical_batch_size is not None and max_physical_batch_size < 1:
+            raise ValueError(f"max_physical_batch_size must be >= 1 or None, got {max_physical_batch_size}")
         self.model, self.mode, self.pad_id = model, mode, pad_id
+        self.physical = max_physical_batch_size
         self.steps = 0
         check_wrappable(model, adapter_only=False)
         model.train()
@@ -190,11 +197,22 @@ class DPStepper:
         self.steps += 1  # Opacus calls this once per noised step (where an accountant would step)
 
     def step(self, seqs: Sequence[Encoded], weights: torch.Tensor | None = None) -> float:
-        """One noised step on a batch; `weights` (0/1) blank out placeholder rows of an empty batch."""
+        """One noised step on a batch; `weights` (0/1) blank out placeholder rows of an empty batch. The batch
+        runs in chunks of at most `max_physical_batch_size` rows; only the last chunk noises and steps."""
+        size = self.physical or max(1, len(seqs))
+        bounds = [(lo, min(lo + size, len(seqs))) for lo in range(0, len(seqs), size)]
+        total = 0.0
+        for j, (lo, hi) in enumerate(bounds):
+            self.optimizer.signal_skip_step(do_skip=j < len(bounds) - 1)
+            total += self._chunk(seqs[lo:hi], None if weights is None else weights[lo:hi])
+        return total / len(seqs)
+
+    def _chunk(self, seqs: Sequence[Encoded], weights: torch.Tensor | None) -> float:
+        """Forward, clip and accumulate one physical chunk; returns the sum of its per-example losses."""
         per = per_example_losses(self.model, seqs, self.pad_id)
         if weights is not None:
             per = per * weights.to(per.device, per.dtype)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # keeps summed_grad while a virtual step is open
         try:
             with warnings.catch_warnings():
                 # The first adapter's input does not require grad (frozen base): harmless for Opacus' hooks.
@@ -210,7 +228,7 @@ class DPStepper:
             if "_norm_sample" not in str(exc) and "Per sample gradient is not initialized" not in str(exc):
                 raise
             raise PrivacyError(_UNHOOKED.format(what="some trainable parameters")) from None
-        return float(per.detach().mean())
+        return float(per.detach().sum())
 
     def close(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
