@@ -186,9 +186,9 @@ def main() -> None:
             "peak_rss_over_nonprivate_mib": round(memory[mode]["peak_rss_mib"] - peak_base, 1),
             "last_loss": round(losses[mode], 4), **memory[mode],
         }
-    print(f"\n{'mode':<11}{'median s':>10}{'ratio':>8}{'ratio(min)':>12}{'peak RSS MiB':>14}{'vs non-DP':>11}")
+    print(f"\n{'mode':<13}{'median s':>10}{'ratio':>8}{'ratio(min)':>12}{'peak RSS MiB':>14}{'vs non-DP':>11}")
     for mode, m in table.items():
-        print(f"{mode:<11}{m['step_s_median']:>10.3f}{m['ratio_vs_nonprivate']:>8.3f}"
+        print(f"{mode:<13}{m['step_s_median']:>10.3f}{m['ratio_vs_nonprivate']:>8.3f}"
               f"{m['ratio_vs_nonprivate_min']:>12.3f}{m['peak_rss_mib']:>14.1f}{m['peak_rss_over_nonprivate_mib']:>+11.1f}")
     ghost_ratio = table["ghost"]["ratio_vs_nonprivate"]
     result = {
