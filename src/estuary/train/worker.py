@@ -133,7 +133,8 @@ def train_loop(config: dict[str, Any]) -> None:
                                   tail_bucket=obj.tail_bucket)
                 engine.backward(parts.loss)
             engine.step()  # DeepSpeed applies the optimizer at gradient-accumulation boundaries
-            sums = [sums[0] + float(parts.loss.detach()), sums[1] + float(parts.sft), sums[2] + float(parts.kd)]
+            sums = [sums[0] + float(parts.loss.detach()), sums[1] + float(parts.sft.detach()),
+                    sums[2] + float(parts.kd.detach())]
             pending_tokens += batch["tokens"]
         pending.append([s / cfg.grad_accum for s in sums])
         state.train_seconds += time.perf_counter() - began
