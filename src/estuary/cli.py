@@ -185,14 +185,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.fn(args))
-    except EstuaryError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        console.print("interrupted; computed rounds are kept — continue with `estuary resume RUN_DIR`")
-        return 130
+    from estuary.platform.shutdown import StopSignals, exit_code, exit_now, stop_line
+
+    with StopSignals():  # SIGTERM and SIGINT: the command's cleanup runs, then one line, exit 143 / 130
+        try:
+            return int(args.fn(args))
+        except EstuaryError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            return exc.exit_code
+        except KeyboardInterrupt as exc:
+            console.print(stop_line(exc), highlight=False, soft_wrap=True)
+            code = exit_code(exc)
+    if argv is None:  # the `estuary` command, stopped and cleaned up: no interpreter teardown (seconds)
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder, open_run_dir
 from estuary.platform.registry import build_params, get
 from estuary.platform.runtime import ensure_ray
+from estuary.platform.shutdown import mark_run_interrupted
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
@@ -80,16 +81,19 @@ def run_experiment(
             "status": "running",
         }
     )
+    for stale in ("error", "signal"):  # of the attempt this one resumes
+        summary.pop(stale, None)
     summary.setdefault("strategies", {})
     summary["privacy_config"] = {**cfg.privacy.model_dump(mode="json"), "enabled": cfg.privacy.enabled}
     if not cfg.privacy.enabled:
         summary["privacy_warning"] = "PRIVACY DISABLED (ε = ∞): DP work of this run trains without noise"
     recorder.write_summary(summary)
 
-    started = ensure_ray(cfg.ray, address)
+    started = False
     pool = None
     server: ServerContext | None = None
     try:
+        started = ensure_ray(cfg.ray, address)
         t0 = time.perf_counter()
         pool = ClientPool(cfg, model_paths)
         pool.wait_ready()
@@ -124,8 +128,11 @@ def run_experiment(
                         summary["privacy_warning"] = f"PRIVACY DISABLED (ε = ∞) for clients of {name}"
                 recorder.write_summary(summary)
         summary["status"] = "complete"
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (estuary.platform.shutdown): resumable, not failed
+        mark_run_interrupted(summary, exc, run_dir, cfg.strategies())
+        raise
     except BaseException as exc:
-        summary["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary["status"] = "failed"
         summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:

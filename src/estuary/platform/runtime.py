@@ -10,6 +10,7 @@ import ray
 
 from estuary.errors import EstuaryError
 from estuary.platform.config import RayConfig
+from estuary.platform.shutdown import around_ray_init
 
 
 def worker_env() -> dict[str, str]:
@@ -38,16 +39,17 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
     # The local cluster's token authentication stays on; its notice is not news to a run's user.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
-        if addr:
-            ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
-        else:
-            ray.init(
-                num_cpus=cfg.num_cpus,
-                include_dashboard=cfg.dashboard,
-                runtime_env=env,
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-            )
+        with around_ray_init():  # Ray installs its own SIGTERM handler; Estuary's is put back after it
+            if addr:
+                ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+            else:
+                ray.init(
+                    num_cpus=cfg.num_cpus,
+                    include_dashboard=cfg.dashboard,
+                    runtime_env=env,
+                    logging_level=logging.WARNING,
+                    log_to_driver=True,
+                )
     except ConnectionError as exc:
         raise EstuaryError(f"cannot reach the Ray cluster at {addr!r} ({exc}); check --address / ray.address") from None
     return True

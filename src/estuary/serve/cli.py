@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
 import time
 from typing import Any
@@ -85,9 +84,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from estuary.serve.launcher import start_server, stop_server
     from estuary.serve.types import GenerationParams
 
-    # Ctrl-C stops the server even where SIGINT came in ignored (a shell starts background jobs that way and
-    # children inherit it: `estuary serve ... &` from a script, or a benchmark that starts it).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C and SIGTERM stop the server (estuary.platform.shutdown, installed by estuary.cli.main), even where
+    # SIGINT came in ignored (`estuary serve ... &` from a script, or a benchmark that starts it).
     owns_ray = ensure_ray(RayConfig(address=args.address, dashboard=False), args.address)
     try:
         server = start_server(cfg)
@@ -95,13 +93,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         first_token_s = time.monotonic() - started
         info = server.info()
         print(f"serving {info['model']} ({info['engine']}, {info['dtype']}) at {server.base_url} — OpenAI-compatible; "
-              f"first token {first_token_s:.1f} s after start; Ctrl-C stops", flush=True)
+              f"first token {first_token_s:.1f} s after start; Ctrl-C or SIGTERM stops", flush=True)
         if not args.exit_after_start:
             _watch(cfg.app_name)
         return 0
-    except KeyboardInterrupt:
-        print("stopping the server LLM", file=sys.stderr)
-        return 0
+    except KeyboardInterrupt as exc:  # printed once stopped, by estuary.cli.main; exit code 130 / 143
+        from estuary.platform.shutdown import set_stop_line, signal_name
+
+        set_stop_line(exc, f"{signal_name(exc)}: stopped the server LLM {cfg.app_name!r}"
+                      + (" and the local Ray cluster" if owns_ray else ""))
+        raise
     finally:
         with contextlib.suppress(Exception):
             stop_server(cfg.app_name)
