@@ -13,21 +13,30 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from estuary.platform.shutdown import Interrupted, exit_code, mark_run_interrupted, signal_name, stop_line
 from tests.conftest import REPO
 
-# A command in miniature: it starts a child process (as `estuary run` starts a local Ray cluster), waits under
-# StopSignals, and cleans up when stopped (for `hang`, a cleanup that never ends).
+# A command in miniature: it starts a child process that starts its own (as `estuary run` starts a local Ray
+# cluster), waits under StopSignals, and cleans up when stopped: it ends the child only, so the grandchild is
+# orphaned (as `ray.shutdown` ends the dashboard before its forkserver); for `hang`, a cleanup that never ends.
 SCRIPT = textwrap.dedent("""
     import subprocess, sys, time
     from estuary.platform.shutdown import StopSignals, exit_code, exit_now, stop_line
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    sleep = "import time; time.sleep(300)"
+    quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
+    parent = f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {sleep!r}], {quiet}).pid); "
+    child = subprocess.Popen([sys.executable, "-u", "-c", parent + sleep], stdout=subprocess.PIPE, text=True,
+                             stderr=subprocess.DEVNULL)
+    grandchild = int(child.stdout.readline())
     with StopSignals(timeout_s=float(sys.argv[1])):
         try:
-            print("ready", child.pid, flush=True)
+            print("ready", grandchild, flush=True)
             time.sleep(120)
         except KeyboardInterrupt as exc:
+            child.kill()
+            child.wait()
             print("cleanup", flush=True)
             if sys.argv[2] == "hang":
                 time.sleep(120)
@@ -44,16 +53,16 @@ def _run(signals: list[int], timeout_s: float = 60.0, cleanup: str = "ok") -> tu
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("ready"), first
-    child = int(first.split()[1])
+    grandchild = int(first.split()[1])
     began = time.monotonic()
     for i, sig in enumerate(signals):
         if i:
             while "cleanup" not in proc.stdout.readline():  # the second one while the first is being handled
                 pass
         os.kill(proc.pid, sig)
-    out = proc.stdout.read()
-    rc = proc.wait(timeout=60)
-    return rc, out, child, time.monotonic() - began
+    out, _ = proc.communicate(timeout=90)
+    rc = proc.returncode
+    return rc, out, grandchild, time.monotonic() - began
 
 
 def _gone(pid: int) -> bool:
@@ -104,3 +113,15 @@ def test_an_interrupted_run_names_its_last_checkpoint(tmp_path: Path) -> None:
     assert stop_line(exc) == (f"SIGTERM: run interrupted (zero_shot complete, standalone checkpointed after round 2); "
                               f"continue with `estuary resume {tmp_path}`")
     json.dumps(summary)  # still what Recorder.write_summary writes
+
+
+def test_a_submitted_driver_has_time_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from estuary.platform.jobs import build_submission
+
+    job = tmp_path / "j.yaml"
+    job.write_text(yaml.safe_dump({"name": "x", "method": "noop", "baselines": []}))
+    monkeypatch.delenv("ESTUARY_STOP_TIMEOUT_S", raising=False)
+    env = build_submission(str(job), [], staging=tmp_path).runtime_env["env_vars"]
+    assert (env["ESTUARY_STOP_TIMEOUT_S"], env["RAY_JOB_STOP_WAIT_TIME_S"]) == ("30", "40")  # Ray's default: 3 s
+    env = build_submission(str(job), [], staging=tmp_path, env={"ESTUARY_STOP_TIMEOUT_S": "60.5"}).runtime_env
+    assert (env["env_vars"]["ESTUARY_STOP_TIMEOUT_S"], env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) == ("60.5", "71")

@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, NoReturn
@@ -79,8 +79,9 @@ def stop_line(exc: BaseException) -> str:
     return line or (_active.line if _active is not None else "") or f"{signal_name(exc)}: stopped"
 
 
-def timeout_from_env() -> float:
-    raw = os.environ.get(TIMEOUT_ENV, "")
+def timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """ESTUARY_STOP_TIMEOUT_S of `environ` (default: this process's), else 30."""
+    raw = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "")
     try:
         value = float(raw) if raw else DEFAULT_TIMEOUT_S
     except ValueError:
@@ -88,23 +89,35 @@ def timeout_from_env() -> float:
     return value if value > 0 else DEFAULT_TIMEOUT_S
 
 
-def descendants() -> list[Any]:
-    """Every live process started by this one, recursively (psutil.Process objects)."""
+def _alive(proc: Any) -> bool:
     import psutil
 
     try:
-        return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
-        return []
+        return False
 
 
-def reap_descendants(grace_s: float = 3.0) -> int:
-    """End what is left of the processes this one started: SIGTERM, then SIGKILL after `grace_s` (at once if 0).
-    The tree is listed before the first signal, so a child whose parent dies first (Ray's agents under the
-    raylet) is still found. Returns how many are still alive."""
+def descendants(also: list[Any] | None = None) -> list[Any]:
+    """Every live process started by this one, recursively, and those of `also` (psutil.Process objects, listed
+    earlier) still alive: a process whose parent was ended first is no longer a descendant (the dashboard's
+    forkserver after `ray.shutdown`, Ray's agents after their raylet) but is still the command's."""
     import psutil
 
-    procs = descendants()
+    try:
+        found = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        found = []
+    found += [p for p in also or [] if p not in found]  # psutil.Process: the same pid and start time
+    return [p for p in found if _alive(p)]
+
+
+def reap_descendants(grace_s: float = 3.0, also: list[Any] | None = None) -> int:
+    """End what is left of the processes this one started (see `descendants`): SIGTERM, then SIGKILL after
+    `grace_s` (at once if 0). Returns how many are still alive."""
+    import psutil
+
+    procs = descendants(also)
     steps = ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)) if grace_s > 0 else ((signal.SIGKILL, 2.0),)
     for sig, wait_s in steps:
         for p in procs:
@@ -113,7 +126,7 @@ def reap_descendants(grace_s: float = 3.0) -> int:
         _, procs = psutil.wait_procs(procs, timeout=wait_s)
         if not procs:
             break
-    return len(descendants())
+    return len(descendants(also))
 
 
 class StopSignals:
@@ -123,6 +136,7 @@ class StopSignals:
         self.timeout_s = timeout_s if timeout_s is not None else timeout_from_env()
         self.received: int | None = None
         self.line = ""  # the command's line for the stop (set_stop_line)
+        self.started: list[Any] = []  # the processes this one had started when the first signal came
         self._previous: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
 
@@ -143,7 +157,7 @@ class StopSignals:
         if _active is self:
             _active = None
         if self.received is not None:  # stopping: what the cleanup left of this process's children goes too
-            reap_descendants()
+            reap_descendants(also=self.started)
         if self._timer is not None:
             self._timer.cancel()
 
@@ -160,6 +174,7 @@ class StopSignals:
     def interrupt(self, signum: int) -> NoReturn:
         """The first signal: start the clock on the cleanup and raise `Interrupted` here (the main thread)."""
         self.received = int(signum)
+        self.started = descendants()
         self._timer = threading.Timer(
             self.timeout_s, self.force, args=(f"still stopping after {self.timeout_s:g} s",)
         )
@@ -173,7 +188,7 @@ class StopSignals:
         with contextlib.suppress(OSError):
             os.write(2, f"{why}: forcing the exit (killing the processes this one started)\n".encode())
         with contextlib.suppress(Exception):
-            reap_descendants(grace_s=0.0)
+            reap_descendants(grace_s=0.0, also=self.started)
         os._exit(code)
 
 
