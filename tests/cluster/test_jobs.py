@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -119,3 +120,39 @@ def test_submit_streams_logs_and_runs_lists_it(
     assert main(["runs", "--dir", str(tmp_path / "runs")]) == 0
     local = capsys.readouterr().out
     assert "ok" in local and "complete" in local
+
+
+def test_ray_job_stop_interrupts_the_run_resumably(ray_head: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`ray job stop` sends the driver SIGTERM: the job is STOPPED, the run folder interrupted (its checkpointed
+    round kept), and `estuary submit`, following the logs, ends with one line saying so."""
+    from estuary.platform.jobs import client_for
+
+    job = _job(tmp_path)
+    spec = yaml.safe_load(job.read_text())
+    spec["rounds"] = 3
+    spec["clients"]["groups"] = [{"name": "slow", "count": 3, "slowdown_s": 2.0}]  # a round outlasts the stop
+    job.write_text(yaml.safe_dump(spec))
+    run = tmp_path / "runs" / "stopped"
+
+    def stop_after_round_1() -> None:
+        deadline = time.time() + 300
+        while not (run / "checkpoints" / "noop" / "round-0001" / "COMPLETE").exists() and time.time() < deadline:
+            time.sleep(0.25)
+        client_for(ray_head).stop_job("estuary-stopped")
+
+    stopper = threading.Thread(target=stop_after_round_1, daemon=True)
+    stopper.start()
+    rc = main(["submit", str(job), "--address", ray_head, "--set", "output.run_id=stopped"])
+    stopper.join(timeout=60)
+    out, err = capsys.readouterr()
+    assert rc == 130, out[-3000:] + err[-2000:]
+    assert (f"estuary-stopped: STOPPED (exit code 130); the run folder {run} on the cluster is interrupted and "
+            f"resumable: estuary resume {run}") in err, err[-2000:]
+    assert "Traceback" not in out + err
+    print("\n" + "\n".join(out.strip().splitlines()[-2:] + err.strip().splitlines()[-2:]))
+    assert str(client_for(ray_head).get_job_status("estuary-stopped")).endswith("STOPPED")
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM"), out[-3000:]
+    rounds = [json.loads(x)["round"] for x in (run / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0] == 1 and rounds == list(range(1, len(rounds) + 1)) and len(rounds) < 3

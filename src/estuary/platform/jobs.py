@@ -10,6 +10,8 @@ so the Ray job (`estuary-<run id>`, metadata `estuary: run`) and the run folder 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import shlex
 import shutil
 import sys
@@ -23,9 +25,12 @@ import estuary
 from estuary.errors import ConfigError, EstuaryError
 from estuary.platform.config import load_config
 from estuary.platform.runtime import worker_env
+from estuary.platform.shutdown import TIMEOUT_ENV, timeout_from_env
+from estuary.platform.shutdown import exit_code as stop_exit_code
 
 METADATA_KEY = "estuary"
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
 
 
 @dataclass
@@ -91,7 +96,11 @@ def build_submission(
     args = ["estuary", "run", "job.yaml", "--no-progress"]
     for o in overrides:
         args += ["--set", o]
-    runtime_env: dict[str, Any] = {"working_dir": str(staging), "env_vars": {**worker_env(), **(env or {})}}
+    # `ray job stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3 s): the driver's
+    # cleanup (estuary.platform.shutdown) gets its own bound and 10 s more. Ray's job supervisor gets the env_vars.
+    stop_s = timeout_from_env({**os.environ, **(env or {})})
+    stop = {TIMEOUT_ENV: f"{stop_s:g}", STOP_WAIT_ENV: str(math.ceil(stop_s) + 10)}
+    runtime_env: dict[str, Any] = {"working_dir": str(staging), "env_vars": {**worker_env(), **stop, **(env or {})}}
     if upload_code:
         runtime_env["py_modules"] = [str(package_dir())]
     metadata = {METADATA_KEY: "run", "run_id": run_id, "name": cfg.name, "method": cfg.method,
@@ -171,11 +180,20 @@ def submit(
         return 0
     try:
         asyncio.run(_tail(client, sid, out))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         log.write(f"stopped following; the job keeps running (ray job stop {sid} --address {address})\n")
-        return 130
+        return stop_exit_code(exc)
+    except Exception as exc:  # the log stream broke: Ray raises RuntimeError when its websocket closes abnormally
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.write(f"{sid}: the log stream ended ({first[:200]})\n")
     code = exit_code(client, sid)
-    log.write(f"{sid}: {client.get_job_status(sid)} (exit code {code})\n")
+    status = str(client.get_job_status(sid))
+    if status.endswith("STOPPED"):
+        path = f"{sub.metadata['output_dir']}/{sub.run_id}"
+        log.write(f"{sid}: STOPPED (exit code {code}); the run folder {path} on the cluster is interrupted and "
+                  f"resumable: estuary resume {path}\n")
+    else:
+        log.write(f"{sid}: {status} (exit code {code})\n")
     return code
 
 
