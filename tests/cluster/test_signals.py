@@ -32,13 +32,13 @@ STOP_BOUND_S = 60  # cleanup + exit; estuary's own bound is ESTUARY_STOP_TIMEOUT
 class Command:
     """One `estuary` command in its own session (so its process group is known), output to a file."""
 
-    def __init__(self, args: list[str], cwd: Path, ray_tmp: str) -> None:
+    def __init__(self, args: list[str], cwd: Path, ray_tmp: str, program: tuple[str, ...] = (ESTUARY,)) -> None:
         self.ray_tmp = ray_tmp
-        self.log = cwd / f"{args[0]}-{int(time.time() * 1000)}.log"
+        self.log = cwd / f"{Path(program[-1]).name}-{args[0].lstrip('-')}-{int(time.time() * 1000)}.log"
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster, always
         env.update(PYTHONPATH=f"{REPO / 'src'}", RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([ESTUARY, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([*program, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
     def output(self) -> str:
@@ -110,6 +110,38 @@ def test_sigterm_stops_serve_cleanly(tmp_path: Path, ray_tmp: str) -> None:
         assert "*** SIGTERM received" not in out and "Traceback" not in out
         _no_process_left(cmd)
         print(f"\n[serve] stopped in {took:.1f} s")
+    finally:
+        cmd.kill()
+
+
+# Ray's handlers in the driver: ray.init installs its own SIGTERM handler, and ray.shutdown resets SIGTERM to the
+# default action in C (Python still reports the old handler), which ended a process stopping after its cluster.
+AROUND_RAY = """
+import os, signal, time
+from estuary.platform.config import RayConfig
+from estuary.platform.runtime import ensure_ray, shutdown_ray
+from estuary.platform.shutdown import StopSignals, stop_line
+with StopSignals():
+    try:
+        ensure_ray(RayConfig(num_cpus=1, dashboard=False))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    except KeyboardInterrupt as exc:
+        print("first:", stop_line(exc), flush=True)
+        shutdown_ray()
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one, once the local cluster is shut down
+        time.sleep(60)
+"""
+
+
+def test_sigterm_is_estuarys_after_ray_init_and_ray_shutdown(tmp_path: Path, ray_tmp: str) -> None:
+    cmd = Command(["-c", AROUND_RAY], tmp_path, ray_tmp, program=(sys.executable,))
+    try:
+        assert cmd.proc.wait(timeout=300) == 143, cmd.output()[-3000:]
+        out = cmd.output()
+        assert "first: SIGTERM: stopped" in out and "second SIGTERM while stopping: forcing the exit" in out, out
+        assert "*** SIGTERM received" not in out
+        _no_process_left(cmd)
     finally:
         cmd.kill()
 

@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import ray
 from rich.console import Console
 
 from estuary.errors import EstuaryError
@@ -15,7 +14,7 @@ from estuary.platform.config import ExperimentConfig, load_config
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder, open_run_dir
 from estuary.platform.registry import build_params, get
-from estuary.platform.runtime import ensure_ray
+from estuary.platform.runtime import ensure_ray, shutdown_ray
 from estuary.platform.shutdown import mark_run_interrupted
 
 
@@ -142,7 +141,7 @@ def run_experiment(
         if pool is not None:
             pool.shutdown()
         if started:
-            ray.shutdown()
+            shutdown_ray()
     if cfg.output.plots:
         draw_plots(run_dir)
     console.print(results_table(summary))

@@ -10,7 +10,7 @@ import ray
 
 from estuary.errors import EstuaryError
 from estuary.platform.config import RayConfig
-from estuary.platform.shutdown import around_ray_init
+from estuary.platform.shutdown import around_ray_init, reinstall
 
 
 def worker_env() -> dict[str, str]:
@@ -53,3 +53,10 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
     except ConnectionError as exc:
         raise EstuaryError(f"cannot reach the Ray cluster at {addr!r} ({exc}); check --address / ray.address") from None
     return True
+
+
+def shutdown_ray() -> None:
+    """`ray.shutdown()` (of a local cluster: its processes end), then Estuary's signal handlers again (Ray's C++
+    shutdown resets SIGTERM to the default action)."""
+    ray.shutdown()
+    reinstall()

@@ -151,18 +151,19 @@ class StopSignals:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         global _active
+        if self.received is not None:  # stopping: what the cleanup left of this process's children goes too
+            self.install()  # a second signal meanwhile still forces the exit
+            reap_descendants(also=self.started)
+        if self._timer is not None:
+            self._timer.cancel()
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
         if _active is self:
             _active = None
-        if self.received is not None:  # stopping: what the cleanup left of this process's children goes too
-            reap_descendants(also=self.started)
-        if self._timer is not None:
-            self._timer.cancel()
 
     def install(self) -> None:
-        """(Re)install the handlers: after `ray.init`, which replaced the SIGTERM handler with Ray's."""
+        """(Re)install the handlers: after `ray.init` (see `around_ray_init`) and `ray.shutdown` (`reinstall`)."""
         for sig in HANDLED:
             signal.signal(sig, self._handle)
 
@@ -221,7 +222,14 @@ def around_ray_init() -> Iterator[None]:
             ray.shutdown()
         stop.install()
         stop.interrupt(signal.SIGTERM)
-    if _active is not None:
+    reinstall()
+
+
+def reinstall() -> None:
+    """Put the handlers of the running command back: `ray.init` replaces the SIGTERM handler with Ray's, and
+    `ray.shutdown` resets SIGTERM to the default action in C (Python still reports our handler), so a later
+    SIGTERM, a second one included, would end the process on the spot, without the line or the final reap."""
+    if _active is not None and threading.current_thread() is threading.main_thread():
         _active.install()
 
 

@@ -77,10 +77,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {cfg.host}:{cfg.port}, beyond loopback; the API has no authentication",
               file=sys.stderr)
 
-    import ray
 
     from estuary.platform.config import RayConfig
-    from estuary.platform.runtime import ensure_ray
+    from estuary.platform.runtime import ensure_ray, shutdown_ray
     from estuary.serve.launcher import start_server, stop_server
     from estuary.serve.types import GenerationParams
 
@@ -107,7 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             stop_server(cfg.app_name)
         if owns_ray:
-            ray.shutdown()
+            shutdown_ray()
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
