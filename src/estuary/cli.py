@@ -180,13 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from estuary.platform.shutdown import StopSignals, exit_code, exit_now, keep_ray_handler_out, stop_line
+
+    if argv is None:  # the `estuary` command, before ray is imported (tests calling main(...) keep Ray's defaults)
+        keep_ray_handler_out()
     from estuary.platform.runtime import worker_env
 
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
-    from estuary.platform.shutdown import StopSignals, exit_code, exit_now, stop_line
-
     with StopSignals():  # SIGTERM and SIGINT: the command's cleanup runs, then one line, exit 143 / 130
         try:
             return int(args.fn(args))

@@ -114,10 +114,13 @@ def test_sigterm_stops_serve_cleanly(tmp_path: Path, ray_tmp: str) -> None:
         cmd.kill()
 
 
-# Ray's handlers in the driver: ray.init installs its own SIGTERM handler, and ray.shutdown resets SIGTERM to the
-# default action in C (Python still reports the old handler), which ended a process stopping after its cluster.
+# Ray's handlers in the driver: ray.init installs its own SIGTERM handler, and its C++ failure-signal handler, whose
+# uninstall in ray.shutdown set SIGTERM to the default action while the local cluster was being stopped: a second
+# SIGTERM then ended the process on the spot (exit -15, no line, no final reap). The CLI's main runs it like this.
 AROUND_RAY = """
-import os, signal, time
+import os, signal, threading, time
+from estuary.platform.shutdown import keep_ray_handler_out
+keep_ray_handler_out()  # as estuary.cli.main does, before ray is imported
 from estuary.platform.config import RayConfig
 from estuary.platform.runtime import ensure_ray, shutdown_ray
 from estuary.platform.shutdown import StopSignals, stop_line
@@ -128,8 +131,8 @@ with StopSignals():
         time.sleep(60)
     except KeyboardInterrupt as exc:
         print("first:", stop_line(exc), flush=True)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()  # a second one during ray.shutdown
         shutdown_ray()
-        os.kill(os.getpid(), signal.SIGTERM)  # a second one, once the local cluster is shut down
         time.sleep(60)
 """
 

@@ -11,9 +11,10 @@ cluster's, listed recursively first) is killed, then the process exits at once w
 `estuary` command also leaves without the interpreter's teardown (`exit_now`), which takes seconds.
 
 `ray.init` installs Ray's own SIGTERM handler (`sys.exit(15)`) and, once connected, Ray's C++ failure-signal
-handler (a stack dump, then an abort that leaves the cluster's agents orphaned); `ensure_ray` runs it inside
-`around_ray_init()`, which puts ours back. SIGINT is handled even where it came in ignored (a shell starts
-background jobs that way, and children inherit it: `estuary serve ... &` from a script).
+handler (a stack dump, then an abort that leaves the cluster's agents orphaned): `ensure_ray` runs it inside
+`around_ray_init()`, which puts ours back, and the CLI keeps the C++ one out (`keep_ray_handler_out()`). SIGINT is
+handled even where it came in ignored (a shell starts background jobs that way, and children inherit it:
+`estuary serve ... &` from a script).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, NoReturn
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 TIMEOUT_ENV = "ESTUARY_STOP_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 30.0
+RAY_HANDLER_ENV = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -223,6 +225,15 @@ def around_ray_init() -> Iterator[None]:
         stop.install()
         stop.interrupt(signal.SIGTERM)
     reinstall()
+
+
+def keep_ray_handler_out() -> None:
+    """Before `ray` is imported (Ray reads it then): no C++ failure-signal handler in this process and the Ray
+    processes it starts (RAY_DISABLE_FAILURE_SIGNAL_HANDLER=1, unless set; 0 keeps Ray's C++ crash stack dumps).
+    It took SIGTERM over (a stack dump, then an abort), and its uninstall in `ray.shutdown` set SIGTERM to the
+    default action in C for the second or so spent stopping the local cluster: a second SIGTERM then ended the
+    process on the spot (exit -15, without the line or the final reap)."""
+    os.environ.setdefault(RAY_HANDLER_ENV, "1")
 
 
 def reinstall() -> None:
