@@ -16,8 +16,8 @@ import ray
 import yaml
 
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.config import load_config
-from estuary.platform.faults import DRIVER_KILL_MARKER
+from estuary.platform.fault_drills import DRIVER_KILL_MARKER
+from estuary.platform.loading import load_config
 from estuary.platform.runner import resume_experiment, run_experiment
 from estuary.privacy.ledger import PrivacyLedger
 from tests.conftest import REPO, tiny_job

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 from estuary.platform.sampling import sample_clients
 from estuary.platform.strategy import client_ids

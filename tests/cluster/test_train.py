@@ -16,7 +16,7 @@ import ray
 from estuary.data import find_data_root
 from estuary.errors import ConfigError, DataError, ModelNotAvailable
 from estuary.train import ServerTrainer, TrainConfig
-from estuary.train.preflight import check_knowledge
+from estuary.train.checks import check_knowledge
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 

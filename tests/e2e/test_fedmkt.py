@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from estuary.platform.config import ExperimentConfig
+from estuary.config import ExperimentConfig
 from estuary.platform.records import read_jsonl
 from estuary.platform.runner import run_experiment
 from tests.conftest import tiny_job

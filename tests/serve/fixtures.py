@@ -37,10 +37,11 @@ def make_adapter(path: Path, seed: int, scale: float = 0.05) -> Path:
     """A peft LoRA folder for SmolLM2 with random (non-zero) B, so it visibly changes the model."""
     import torch
 
-    from estuary.actors import slm
+    from estuary.lm.lora import LoraConfig
+    from estuary.lm.model import attach_lora, load_base
 
-    model, _ = slm.load_base(str(MODEL_DIR))
-    peft_model = slm.attach_lora(model, slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=seed)
+    model, _ = load_base(str(MODEL_DIR))
+    peft_model = attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.0), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

@@ -153,7 +153,7 @@ def test_adapter_file_checks(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- CLI
 def test_cli_config_sources(tmp_path: Path) -> None:
-    from estuary.serve.cli import add_serve_parser, load_server_config
+    from estuary.cli.serve import add_serve_parser, load_server_config
 
     job = tmp_path / "serve.yaml"
     job.write_text("server:\n  model: smollm2-135m\n  kv_cache_gib: 3\n")

@@ -49,7 +49,7 @@ def test_setup_installs_the_project_with_gpu_extra_and_models(cluster: dict[str,
 
 
 def test_resource_names_are_documented() -> None:
-    from estuary.platform.clients_config import ResourcesConfig
+    from estuary.config.clients import ResourcesConfig
 
     help_text = ResourcesConfig.model_fields["custom"].description or ""
     readme = (REPO / "README.md").read_text()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from estuary import registry
 from estuary.errors import ConfigError
-from estuary.platform import registry
 from estuary.strategies.crosslm import calibrate
 
 
@@ -83,8 +83,8 @@ def test_llm_trains_fresh_on_the_pool_or_continues_the_live_version_on_the_round
 
     from estuary.data.datasets import get_task
     from estuary.data.task import Example
-    from estuary.platform.config import load_config
-    from estuary.platform.registry import build_params, get
+    from estuary.platform.loading import load_config
+    from estuary.registry import build_params, get
     from estuary.strategies import crosslm
 
     cfg = load_config("jobs/crosslm-sst2.yaml", [f"method_params.llm_continue={str(llm_continue).lower()}"])

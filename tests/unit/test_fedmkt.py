@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.distill import distill_example, distill_steps, public_sequences, topk_knowledge
+from estuary.client.knowledge_transfer import public_sequences, topk_knowledge
 from estuary.data.task import Example, Task
 from estuary.knowledge.alignment import VocabMapping
+from estuary.lm.distill import distill_example, distill_steps
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora, load_adapter_state, load_base
 from estuary.serve.types import PositionTopK, TextTopK, TopKLogprobs
 from estuary.strategies.fedmkt_knowledge import (
     KnowledgeRejected,
@@ -87,8 +89,8 @@ def test_missing_payload_is_rejected() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    model, tok = slm.load_base(str(tiny_model_dir))
-    return slm.attach_lora(model, slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=0), tok
+    model, tok = load_base(str(tiny_model_dir))
+    return attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.0), seed=0), tok
 
 
 def test_client_topk_payload_passes_the_server_checks(tiny: tuple[Any, Any]) -> None:
@@ -113,7 +115,7 @@ def test_distill_steps_moves_the_model_towards_a_fixed_target(tiny: tuple[Any, A
         rows = ([list(target_ids) for _ in ids], [list(target_lps) for _ in ids])
         examples.append(distill_example(ids, start, rows, lm_loss="completion"))
     assert [sum(t != -100 for t in ex.labels) for ex in examples] == [1, 1, 1]  # the label word only
-    before = slm.adapter_state(model)
+    before = adapter_state(model)
     try:
         res = distill_steps(model, tok, examples, steps=8, batch_size=3, lr=3e-2, seed=0, distill_weight=1.0)
         kd = res.kd_losses  # a random tiny model with LoRA on q/v: the KL falls, slowly (about 6.1 → 5.7)
@@ -125,7 +127,7 @@ def test_distill_steps_moves_the_model_towards_a_fixed_target(tiny: tuple[Any, A
         assert all(a > 0 for a in again.lm_losses) and again.losses[0] == pytest.approx(
             0.9 * again.lm_losses[0] + 0.1 * again.kd_losses[0], rel=1e-4)
     finally:
-        slm.load_adapter_state(model, before)
+        load_adapter_state(model, before)
 
 
 def test_distill_example_masks() -> None:
@@ -263,7 +265,7 @@ def test_exchange_metrics_and_rows() -> None:
 
 def test_config_validation() -> None:
     from estuary.errors import ConfigError
-    from estuary.platform.registry import build_params
+    from estuary.registry import build_params
 
     p = build_params("fedmkt", {"top_k": 8, "selection": "weighted_mean"})
     assert p.top_k == 8 and p.distill_weight == 0.1 and p.temperature == 1.0
@@ -276,7 +278,7 @@ def test_config_validation() -> None:
 @pytest.mark.parametrize("job", ["fedmkt-sst2", "fedmkt-sst2-homo", "fedmkt-sst2-one2one", "fedmkt-agnews",
                                  "fedmkt-rte"])
 def test_jobs_load(job: str) -> None:
-    from estuary.platform.config import load_config
+    from estuary.platform.loading import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{job}.yaml")
     assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized", "llm_centralized"]
@@ -285,7 +287,7 @@ def test_jobs_load(job: str) -> None:
 
 def test_top_k_beyond_the_servers_logprobs_is_one_line_at_load() -> None:
     from estuary.errors import ConfigError
-    from estuary.platform.config import load_config
+    from estuary.platform.loading import load_config
 
     job = Path(__file__).resolve().parents[2] / "jobs" / "fedmkt-sst2.yaml"
     with pytest.raises(ConfigError, match=r"method_params.top_k 128 exceeds server.max_logprobs 20, .* "

@@ -135,9 +135,9 @@ def test_classify_judge_keeps_clusters_the_llm_labels_as_claimed() -> None:
 def test_classify_judge_tolerance_accepts_neighbouring_ordinal_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     """Star ratings are ordinal: with tolerance 1 a 3-star cluster the LLM reads as 2 and 4 stars passes; a
     1-star cluster read as 4 and 5 stars still fails. Tolerance 0 is the exact-label judge."""
+    from estuary import registry
     from estuary.errors import ConfigError
     from estuary.knowledge import llm_eval
-    from estuary.platform import registry
 
     yelp = get_task("yelp")
     assert yelp.num_labels == 5

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from estuary.actors.egress import Egress
 from estuary.errors import ConfigError
 from estuary.platform.records import Recorder, read_jsonl
-from estuary.platform.registry import build_params, describe
-from estuary.platform.strategy import RoundOutcome
+from estuary.registry import build_params, describe
+from estuary.wire import Egress, RoundOutcome
 
 
 def eg(cid: str, **metrics: float) -> Egress:

@@ -9,14 +9,16 @@ import math
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.egress import Egress
+from estuary.config import PrivacyConfig
 from estuary.data.task import Example
 from estuary.errors import ConfigError
-from estuary.platform.config import PrivacyConfig, load_config
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora
+from estuary.platform.loading import load_config
 from estuary.platform.records import Recorder
 from estuary.privacy.dp_sgd import dp_train_steps
 from estuary.privacy.ledger import BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger, default_delta
+from estuary.wire import Egress
 from tests.unit.test_slm import SST2, examples, make_model
 
 EXAMPLES = examples() * 4  # 32
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora_model(tok, dropout: float = 0.0):  # type: ignore[no-untyped-def]
-    return slm.attach_lora(make_model(len(tok)), slm.LoraSpec(r=4, alpha=8, dropout=dropout), seed=1)
+    return attach_lora(make_model(len(tok)), LoraConfig(r=4, alpha=8, dropout=dropout), seed=1)
 
 
 def train(model, tok, ledger, cfg, **kw):  # type: ignore[no-untyped-def]
@@ -82,7 +84,7 @@ def test_run_with_a_model_opacus_cannot_train_stops_before_any_actor(
     import yaml
 
     from estuary.cli import main
-    from estuary.privacy.preflight import uses_privacy
+    from estuary.platform.preflight import uses_privacy
     from tests.conftest import tiny_job
 
     job = tiny_job(tmp_path, tiny_model_dir, method="dp_standalone", baselines=["standalone"],
@@ -141,11 +143,11 @@ def test_budget_refusal_trains_nothing_and_is_logged(tok) -> None:  # type: igno
     cfg = PrivacyConfig(noise_multiplier=0.8, target_epsilon=None, budget_epsilon=5.0, delta=1e-3)
     first = train(model, tok, ledger, cfg)
     assert not first.refused and first.epsilon < 5.0
-    before = {k: v.clone() for k, v in slm.adapter_state(model).items()}
+    before = {k: v.clone() for k, v in adapter_state(model).items()}
     snapshot = copy.deepcopy(ledger)
     big = train(model, tok, ledger, cfg, steps=200)  # would overspend: refused before any step
     assert big.refused and "budget 5" in big.refusal and big.steps == 0 and big.losses == []
-    assert all(torch.equal(before[k], v) for k, v in slm.adapter_state(model).items())
+    assert all(torch.equal(before[k], v) for k, v in adapter_state(model).items())
     assert ledger["accountants"] == snapshot["accountants"] and ledger["epsilon"] == snapshot["epsilon"]
     assert ledger["entries"][-1]["op"] == "refused" and ledger["entries"][-1]["epsilon_after"] == first.epsilon
     with pytest.raises(BudgetExceeded, match="budget 5"):
@@ -164,7 +166,7 @@ def test_ghost_bk_and_hooks_clip_identically_and_leave_no_hooks(tok) -> None:  #
         model = lora_model(tok, dropout=0.1)
         r = train(model, tok, {}, PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode))
         assert r.clipping == mode and r.entry is not None and r.entry.clipping == mode
-        results[mode] = (r.losses, slm.adapter_state(model))
+        results[mode] = (r.losses, adapter_state(model))
         assert not any(hasattr(p, a) for p in model.parameters() for a in ("grad_sample", "_norm_sample"))
         assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
         assert not model.training  # restored
@@ -196,14 +198,14 @@ def test_physical_chunks_give_the_whole_batch_update(tok) -> None:  # type: igno
             cfg = PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode, max_physical_batch_size=physical)
             r = train(model, tok, {}, cfg, batch_size=8, steps=3)
             assert r.steps == 3 and len(r.losses) == 3  # one noised (and accounted) step per Poisson batch
-            runs.append((r, slm.adapter_state(model)))
+            runs.append((r, adapter_state(model)))
         (whole, w_state), (chunked, c_state) = runs
         assert chunked.batch_sizes == whole.batch_sizes and max(whole.batch_sizes) > 3  # some batches chunked
         assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
         assert chunked.entry is not None and chunked.entry.epsilon_after == whole.epsilon
         for k, v in w_state.items():
             assert torch.allclose(v, c_state[k], atol=1e-5), (mode, k)
-        fresh = slm.adapter_state(lora_model(tok))
+        fresh = adapter_state(lora_model(tok))
         assert any(not torch.allclose(v, fresh[k]) for k, v in c_state.items())  # it did train
     with pytest.raises(ConfigError, match="max_physical_batch_size"):
         load_config("jobs/quickstart.yaml", ["privacy.max_physical_batch_size=0"])

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from estuary.actors.egress import Egress
-from estuary.actors.worker import ClientWorker
-from estuary.platform.config import load_config
-from estuary.platform.registry import available, build_params, get
+from estuary.client.worker import ClientWorker
+from estuary.platform.loading import load_config
 from estuary.privacy.canary import find_canaries, plant_sst2_canaries
+from estuary.registry import available, build_params, get
+from estuary.wire import Egress
 from tests.conftest import tiny_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from estuary.actors.pool import worker_capacity
-from estuary.actors.state import ClientState
+from estuary.client.pool import worker_capacity
+from estuary.config.clients import ResourcesConfig
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.clients_config import ResourcesConfig
 from estuary.platform.records import Recorder
 from estuary.platform.report import results_table
+from estuary.wire import ClientState
 
 
 def test_recorder_appends_and_truncates(tmp_path) -> None:  # type: ignore[no-untyped-def]

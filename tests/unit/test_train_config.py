@@ -10,7 +10,7 @@ import pytest
 
 from estuary.errors import ConfigError
 from estuary.train import TrainConfig
-from estuary.train.preflight import check_resources
+from estuary.train.checks import check_resources
 from estuary.train.zero import deepspeed_config
 
 
@@ -106,7 +106,7 @@ def test_resources_held_by_others() -> None:
 
 
 def test_init_adapter_must_be_a_peft_folder_of_the_jobs_shape(tmp_path: Path) -> None:
-    from estuary.train.preflight import check_init_adapter
+    from estuary.train.checks import check_init_adapter
 
     with pytest.raises(ConfigError, match=r"^train.init_adapter: .* has no adapter_config.json; give a PEFT"):
         check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))

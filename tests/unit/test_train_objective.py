@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from estuary.train.objective import IGNORE, mix_losses, objective, sft_loss, topk_kl_loss
+from estuary.lm.objective import IGNORE, mix_losses, objective, sft_loss, topk_kl_loss
 
 NEG = float("-inf")
 

@@ -53,8 +53,8 @@ def build_federated_data(data_cfg_json: str, num_clients: int, seed: int) -> Fed
 
 @functools.lru_cache(maxsize=4)
 def _build(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
+    from estuary.config import DataConfig
     from estuary.data import client_splits, find_data_root, load_splits, partition, stratified_sample
-    from estuary.platform.config import DataConfig
     from estuary.platform.strategy import client_ids
 
     cfg = DataConfig.model_validate_json(data_cfg_json)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from estuary.actors.state import ClientState
+from estuary.wire import ClientState
 
 
 class Checkpointer:

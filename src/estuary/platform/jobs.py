@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 import estuary
 from estuary.errors import ConfigError, EstuaryError
-from estuary.platform.config import load_config
-from estuary.platform.runtime import worker_env
+from estuary.platform.loading import load_config
+from estuary.runtime import worker_env
 
 METADATA_KEY = "estuary"
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}

@@ -11,20 +11,19 @@ import ray
 
 from estuary.errors import RoundFailed
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.faults import FaultInjector
+from estuary.platform.fault_drills import FaultInjector
 from estuary.platform.metrics import MeteredLLM, RunMetrics
-from estuary.platform.plan import ClientTask
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder
-from estuary.platform.strategy import RoundOutcome
+from estuary.wire import ClientTask, RoundOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from estuary.actors.pool import ClientPool
+    from estuary.client.pool import ClientPool
+    from estuary.config import ExperimentConfig
     from estuary.data.task import Example, Task
-    from estuary.platform.config import ExperimentConfig
     from estuary.platform.strategy import Strategy
     from estuary.serve.client import ServerLLM
 
@@ -36,11 +35,12 @@ def _evaluate_model(
     # num_cpus=0: it runs between client phases, while the client workers (which hold the CPUs) idle.
     import torch
 
-    from estuary.actors import slm
+    from estuary.lm.model import load_base
+    from estuary.lm.scoring import evaluate
 
     torch.set_num_threads(threads)
-    model, tok = slm.load_base(path, dtype=dtype)
-    return slm.evaluate(model, tok, task, examples, batch_size=batch_size, max_length=max_length)
+    model, tok = load_base(path, dtype=dtype)
+    return evaluate(model, tok, task, examples, batch_size=batch_size, max_length=max_length)
 
 
 def _serve_app_running(name: str) -> bool:

@@ -10,12 +10,13 @@ from typing import Any
 import ray
 from rich.console import Console
 
+from estuary.config import ExperimentConfig
 from estuary.errors import EstuaryError
-from estuary.platform.config import ExperimentConfig, load_config
+from estuary.platform.loading import load_config
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder, open_run_dir
-from estuary.platform.registry import build_params, get
-from estuary.platform.runtime import ensure_ray
+from estuary.registry import build_params, get
+from estuary.runtime import ensure_ray
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
@@ -48,11 +49,11 @@ def run_experiment(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> Path:
-    from estuary.actors.pool import ClientPool
+    from estuary.client.pool import ClientPool
     from estuary.data.federated import build_federated_data
+    from estuary.platform.preflight import check_run_models
     from estuary.platform.report import draw_plots, results_table
     from estuary.platform.run_context import RunContext, ServerContext
-    from estuary.privacy.preflight import check_run_models
 
     console = console or Console(stderr=True)
     run_dir = run_dir or new_run_dir(cfg)

@@ -25,14 +25,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
-from estuary.actors.egress import Egress
-from estuary.platform.plan import ClientTask
 from estuary.platform.sampling import sample_clients
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
+    from estuary.config import ExperimentConfig
     from estuary.data.task import Task
-    from estuary.platform.config import ExperimentConfig
     from estuary.platform.run_context import RunContext, ServerContext
 
 
@@ -41,25 +40,6 @@ class NoParams:
     """This method has no parameters of its own (it uses the job's training section)."""
 
 
-@dataclasses.dataclass
-class RoundOutcome:
-    results: dict[str, Egress]
-    failures: dict[str, str]  # client id → last error text
-    attempts: int = 0  # task submissions, retries included
-    late: list[str] = dataclasses.field(default_factory=list)  # cut by clients.round_deadline_s (in failures)
-
-    @property
-    def ok(self) -> int:
-        return len(self.results)
-
-    def then(self, later: RoundOutcome) -> RoundOutcome:
-        """This phase followed by a later one in the same round: the later Egress records, carrying the
-        earlier phase's metrics they do not overwrite; failures and attempts of both."""
-        results = {cid: dataclasses.replace(eg, metrics={**self.results[cid].metrics, **eg.metrics})
-                   if cid in self.results else eg for cid, eg in later.results.items()}
-        failures = {**self.failures, **later.failures}
-        return RoundOutcome(results, {c: t for c, t in failures.items() if c not in results},
-                            self.attempts + later.attempts, [*self.late, *later.late])
 
 
 def client_ids(count: int) -> list[str]:

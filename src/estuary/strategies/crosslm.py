@@ -27,19 +27,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from estuary.actors.context import derive_seed
-from estuary.actors.egress import Egress
+from estuary.client.context import derive_seed
 from estuary.data.task import Example
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.crosslm_config import CrossLMConfig
 from estuary.strategies.fdkt import example_row
 from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
 from estuary.strategies.transfer import train_on_transfer
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
     from estuary.platform.run_context import ServerContext
 
 
@@ -200,7 +199,7 @@ def _score(ctx: ClientContext, generated: list[Example],
     `calibration` is none), argmax agreement, and the client's mean prediction over the samples."""
     if not generated:
         return [], [], []
-    from estuary.actors.evaluation import predict_label_probs
+    from estuary.lm.scoring import predict_label_probs
 
     probs = predict_label_probs(ctx.model, ctx.tokenizer, ctx.task, generated,
                                 batch_size=ctx.exp.evaluation.batch_size, max_length=ctx.exp.training.max_length)

@@ -7,7 +7,7 @@ nothing has to average LoRA factors that were initialised and trained apart. Eac
 1. `teach` (clients): each client DP-fine-tunes its teacher once (`privacy.generator_model`, LoRA, Opacus
    DP-SGD to privacy.target_epsilon; later rounds sample the same DP model at no further ε), samples text
    from it, and has the teacher read each sample: top-k next-token distributions and last-layer hidden
-   states, carried into the student's tokenisation in the client (`estuary.actors.distildp`). Only these
+   states, carried into the student's tokenisation in the client (`estuary.client.distildp`). Only these
    leave the client, with the ledger's release entry.
 2. server: the samples are pooled across clients (post-processing), recorded in knowledge/synthetic.jsonl
    and put once in the object store.
@@ -27,19 +27,18 @@ import random
 import statistics
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.egress import Egress
 from estuary.errors import ConfigError, RoundFailed
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
-from estuary.privacy.strategies import privacy_metrics
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.distildp_config import DistilDPConfig
+from estuary.strategies.dp_baselines import privacy_metrics
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
-    from estuary.actors.distildp import TeacherTarget
-    from estuary.platform.config import ExperimentConfig
+    from estuary.client.context import ClientContext
+    from estuary.config import ExperimentConfig
     from estuary.platform.run_context import ServerContext
+    from estuary.strategies.distildp_client import TeacherTarget
 
 
 @register
@@ -74,7 +73,7 @@ class DistilDP(Strategy):
         return self._distil(ctx, task)
 
     def _teach(self, ctx: ClientContext, task: ClientTask) -> Egress:
-        from estuary.actors.distildp import client_teacher_targets
+        from estuary.strategies.distildp_client import client_teacher_targets
 
         p: DistilDPConfig = self.params
         res = ctx.dp_synthesize(task.round, p.generator)
@@ -137,8 +136,8 @@ class DistilDP(Strategy):
                 for cid in sorted(outcome.results)]
 
     def _distil(self, ctx: ClientContext, task: ClientTask) -> Egress:
-        from estuary.actors import slm
-        from estuary.actors.distildp import HARD_KEY, student_distill
+        from estuary.lm.model import adapter_state, load_adapter_state
+        from estuary.strategies.distildp_client import HARD_KEY, student_distill
 
         p: DistilDPConfig = self.params
         pool = _resolve(task.params.get("pool"))
@@ -150,18 +149,18 @@ class DistilDP(Strategy):
         steps = self.exp.training.steps if p.steps is None else p.steps
         keep = self.exp.training.keep_optimizer_state
         if p.hard_label_baseline:  # the twin: same samples, same start, hard labels only
-            own = slm.adapter_state(ctx.model)
+            own = adapter_state(ctx.model)
             twin = ctx.state.extra.get(HARD_KEY) or {"adapter": own, "optimizer": None}
-            slm.load_adapter_state(ctx.model, twin["adapter"])
+            load_adapter_state(ctx.model, twin["adapter"])
             hard = student_distill(ctx, task.round, pool, steps=steps, distill_weight=0.0, hidden_weight=0.0,
                                    temperature=p.temperature, tail_bucket=p.tail_bucket,
                                    optimizer_state=twin["optimizer"] if keep else None, purpose="distildp-hard")
             metrics["hard_labels/train/loss"] = statistics.fmean(hard.losses) if hard.losses else 0.0
             if task.evaluate:
                 metrics.update({f"hard_labels/{k}": v for k, v in ctx.evaluate(task).items()})
-            ctx.state.extra[HARD_KEY] = {"adapter": slm.adapter_state(ctx.model),
+            ctx.state.extra[HARD_KEY] = {"adapter": adapter_state(ctx.model),
                                          "optimizer": hard.optimizer_state if keep else None}
-            slm.load_adapter_state(ctx.model, own)
+            load_adapter_state(ctx.model, own)
         res = student_distill(ctx, task.round, pool, steps=steps, distill_weight=p.distill_weight,
                               hidden_weight=p.hidden_weight, temperature=p.temperature, tail_bucket=p.tail_bucket,
                               optimizer_state=ctx.state.optimizer if keep else None, purpose="distildp")

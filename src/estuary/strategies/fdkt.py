@@ -20,18 +20,17 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.context import derive_seed
-from estuary.actors.egress import Egress
+from estuary.client.context import derive_seed
 from estuary.data.task import Example
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
-from estuary.privacy.strategies import privacy_metrics
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
+from estuary.strategies.dp_baselines import privacy_metrics
 from estuary.strategies.fdkt_config import FDKTConfig
 from estuary.strategies.transfer import train_on_transfer
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
     from estuary.knowledge.embedding import TextEmbedder
     from estuary.platform.run_context import ServerContext
 

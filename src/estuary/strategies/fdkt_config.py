@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ConfigDict
 
-from estuary.actors.dp_generator import GeneratorConfig
+from estuary.client.dp_generator import GeneratorConfig
 from estuary.knowledge.filtering import FilterConfig
 from estuary.knowledge.llm_data import GenerateConfig
 

@@ -34,11 +34,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.egress import Egress
 from estuary.data.task import Example
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.fedmkt_config import FedMKTConfig
 from estuary.strategies.fedmkt_knowledge import (
     LLM,
@@ -49,10 +47,11 @@ from estuary.strategies.fedmkt_knowledge import (
     mutual_exchange,
 )
 from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
-    from estuary.platform.config import ExperimentConfig
+    from estuary.client.context import ClientContext
+    from estuary.config import ExperimentConfig
     from estuary.platform.run_context import ServerContext
     from estuary.serve.types import TopKLogprobs
 
@@ -79,7 +78,7 @@ class FedMKT(Strategy):
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
         super().check_job(cfg, source)
         from estuary.errors import ConfigError
-        from estuary.platform.registry import params_for
+        from estuary.registry import params_for
 
         k = params_for(cls, cfg.params_of(cls.name), source).top_k
         if k > cfg.server.max_logprobs:
@@ -113,7 +112,7 @@ class FedMKT(Strategy):
                 for cid in clients]
 
     def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
-        from estuary.actors.distill import client_distill, client_topk
+        from estuary.client.knowledge_transfer import client_distill, client_topk
 
         p: FedMKTConfig = self.params
         public: list[Example] = task.params["public"]

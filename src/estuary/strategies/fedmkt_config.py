@@ -32,7 +32,7 @@ class FedMKTConfig:
     temperature: float = field(default=1.0, metadata={"help": "Distillation temperature (published 1.0)."})
     tail_bucket: bool = field(
         default=True, metadata={"help": "KD over the top-k plus one bucket for the rest of the mass (see "
-                                "estuary.train.objective); False renormalises the teacher over its top k."})
+                                "estuary.lm.objective); False renormalises the teacher over its top k."})
     lm_loss: Literal["text", "completion"] = field(
         default="completion", metadata={"help": "Ground truth of a public text, for every model's language-model "
                                         "term and the own CE that ranks teachers: its completion (the label word;"

@@ -12,20 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from estuary.errors import ConfigError
+from estuary.lm.lora import LoraConfig
 from estuary.train.objective_config import ObjectiveConfig
 from estuary.train.zero_config import ZeroConfig
-
-
-class LoraConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    r: int = Field(8, ge=1, description="LoRA rank (FedMKT: 8). Must not exceed the serving max_lora_rank.")
-    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input during training.")
-    targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
-        description="Module names that get adapters (Llama/Qwen attention projections by default).",
-    )
 
 
 class TrainConfig(BaseModel):
@@ -161,7 +150,7 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            from estuary.platform.config import format_validation_error
+            from estuary.config.validation import format_validation_error
 
             first = err.errors()[0]
             if not first["loc"]:  # a whole-job rule (this model's own validator): no field to name

@@ -1,0 +1,56 @@
+"""Before any actor starts: can Opacus DP-train every model of the run with the job's LoRA adapter?
+
+A run whose strategies do DP work (`uses_privacy = True` on the Strategy class) with privacy enabled has
+each client model (and `privacy.generator_model`) built on PyTorch's meta device — its config only, no
+weights — wrapped with the job's LoRA adapter, and checked like `DPStepper` checks it. A model Opacus
+cannot wrap ends the run at once with one line naming the setting and the fix, instead of failing in every
+worker after retries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from estuary.privacy.ledger import PrivacyError
+
+if TYPE_CHECKING:
+    from estuary.config import ExperimentConfig
+
+
+def uses_privacy(cfg: ExperimentConfig) -> bool:
+    """Whether a strategy of this run (the method or a baseline) does DP work, with privacy enabled."""
+    from estuary.registry import get
+
+    return cfg.privacy.enabled and any(getattr(get(name), "uses_privacy", False) for name in cfg.strategies())
+
+
+def check_model(path: str, cfg: ExperimentConfig, label: str) -> None:
+    """Raise a one-line PrivacyError if Opacus cannot DP-train the model at `path` with the job's LoRA."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from estuary.lm.model import attach_lora
+    from estuary.privacy.stepper import check_wrappable
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        try:
+            lora = attach_lora(model, cfg.training.lora, seed=0)
+        except ValueError:
+            return  # a LoRA target the model lacks: the workers report it as they do without DP
+    try:
+        check_wrappable(lora)
+    except PrivacyError as exc:
+        raise PrivacyError(str(exc).replace("privacy: ", f"privacy: {label}: ", 1)) from None
+
+
+def check_run_models(cfg: ExperimentConfig, model_paths: dict[str, str]) -> None:
+    """`check_model` for every client model and the DP generator model, if the run does DP work."""
+    if not uses_privacy(cfg):
+        return
+    specs = {cfg.models.client, *cfg.models.per_client.values()}
+    for spec in sorted(specs):
+        check_model(model_paths[spec], cfg, f"client model {spec!r} with training.lora")
+    gen = cfg.privacy.generator_model
+    if gen and gen not in specs:
+        check_model(model_paths[gen], cfg, f"privacy.generator_model {gen!r} with training.lora")

@@ -1,0 +1,53 @@
+"""Ray runtime: a local cluster by default (the embedded default), or an existing one."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from estuary.config import RayConfig
+from estuary.errors import EstuaryError
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of Estuary's worker processes: offline hub, quiet tokenizers and progress bars."""
+    return {
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+
+
+def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
+    """Connect to (or start) Ray. Returns True if this call started/connected it (and should shut
+    it down), False if Ray was already initialised in this process (tests, notebooks)."""
+    if ray.is_initialized():
+        return False
+    addr = address or cfg.address or os.environ.get("ESTUARY_RAY_ADDRESS")
+    # Workers import estuary from this process's environment; keep their logs quiet.
+    env: dict[str, Any] | None = {"env_vars": worker_env()}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A Ray Job's driver (`estuary submit`): the job's runtime_env (which carries worker_env) applies, and
+        # Ray refuses a second one naming the same variables; the cluster is the job's own.
+        env = None
+        addr = addr or os.environ.get("RAY_ADDRESS") or "auto"
+    # The local cluster's token authentication stays on; its notice is not news to a run's user.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    try:
+        if addr:
+            ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+        else:
+            ray.init(
+                num_cpus=cfg.num_cpus,
+                include_dashboard=cfg.dashboard,
+                runtime_env=env,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+    except ConnectionError as exc:
+        raise EstuaryError(f"cannot reach the Ray cluster at {addr!r} ({exc}); check --address / ray.address") from None
+    return True
