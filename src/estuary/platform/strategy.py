@@ -64,6 +64,15 @@ def summarize_metrics(results: Mapping[str, Egress]) -> dict[str, float]:
 
 
 class Strategy(ABC):
+    """A method: driver-side hooks (`configure_round`, `aggregate`, `server_step`, `evaluate`, ...) and the client
+    side (`client_step`), in one class.
+
+    The two sides run in different processes. The driver builds one instance; every client worker builds its own
+    copy from the job (`cls(exp, params)`) and calls only `client_step` on it. State a driver-side hook sets on
+    `self` is therefore not visible in `client_step`: send what a client needs in `ClientTask.params`, and keep
+    what a client owns across rounds in its `ClientState.extra`.
+    """
+
     name: ClassVar[str]
     config_class: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
