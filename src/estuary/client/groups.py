@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from estuary.config import ExperimentConfig
-from estuary.config.clients import ResourcesConfig
+from estuary.config.clients import ClientResources
 from estuary.errors import ConfigError
 
 
@@ -22,7 +22,7 @@ class WorkerGroup:
     name: str
     start: int  # first client index
     count: int  # clients
-    resources: ResourcesConfig
+    resources: ClientResources
     first_worker: int  # index of its first worker in the pool
     size: int  # workers
     slowdown_s: float = 0.0
@@ -31,14 +31,9 @@ class WorkerGroup:
         return self.start <= index < self.start + self.count
 
 
-def _need(res: ResourcesConfig) -> dict[str, float]:
-    need = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.custom}
-    return {k: v for k, v in need.items() if v > 0}
-
-
-def node_capacities(res: ResourcesConfig, nodes: list[dict[str, Any]]) -> list[int]:
+def node_capacities(res: ClientResources, nodes: list[dict[str, Any]]) -> list[int]:
     """Per alive node: how many workers with these resources fit (the minimum over requested resources)."""
-    need = _need(res)
+    need = res.bundle()
     out = []
     for node in nodes:
         if not node.get("Alive", True):
@@ -50,9 +45,9 @@ def node_capacities(res: ResourcesConfig, nodes: list[dict[str, Any]]) -> list[i
     return out
 
 
-def _take(res: ResourcesConfig, nodes: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+def _take(res: ClientResources, nodes: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
     """Nodes with `workers` of these resources taken, filling node by node (what Ray would place)."""
-    need = _need(res)
+    need = res.bundle()
     left = []
     for node, fit in zip(nodes, node_capacities(res, nodes), strict=True):
         n = min(fit, workers)
@@ -63,10 +58,6 @@ def _take(res: ResourcesConfig, nodes: list[dict[str, Any]], workers: int) -> li
                 have[k] -= n * v
         left.append({**node, "Resources": have})
     return left
-
-
-def _describe(res: ResourcesConfig) -> str:
-    return f"num_cpus={res.num_cpus}, num_gpus={res.num_gpus}, custom={res.custom}"
 
 
 def plan_groups(exp: ExperimentConfig, nodes: list[dict[str, Any]]) -> list[WorkerGroup]:
@@ -84,17 +75,17 @@ def plan_groups(exp: ExperimentConfig, nodes: list[dict[str, Any]]) -> list[Work
         capacity = sum(node_capacities(res, nodes))
         if capacity < 1 and sum(node_capacities(res, all_nodes)) >= 1:
             raise ConfigError(
-                f"clients.groups[{name}]: the earlier groups' workers take every node that fits {_describe(res)}; "
+                f"clients.groups[{name}]: the earlier groups' workers take every node that fits {res.describe()}; "
                 "give the earlier groups a pool_size"
             )
         if capacity < 1:
             raise ConfigError(
-                f"{where}: no node can host a worker needing {_describe(res)}; lower them or add nodes"
+                f"{where}: no node can host a worker needing {res.describe()}; lower them or add nodes"
             )
         if dedicated:
             if capacity < count:
                 raise ConfigError(
-                    f"clients.mode=dedicated needs {count} worker actors of {_describe(res)}, but the cluster fits "
+                    f"clients.mode=dedicated needs {count} worker actors of {res.describe()}, but the cluster fits "
                     f"{capacity}; lower {where} (fractions are fine) or use clients.mode=pooled"
                 )
             size = count

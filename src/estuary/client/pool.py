@@ -25,7 +25,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from estuary.client.groups import WorkerGroup, node_capacities, plan_groups
 from estuary.client.worker import ClientWorker
 from estuary.config import ExperimentConfig
-from estuary.config.clients import ResourcesConfig
+from estuary.config.clients import ClientResources
 from estuary.errors import EstuaryError
 from estuary.wire import ClientState, ClientTask, Egress, RoundOutcome
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # workers get the strategy class with each task; they never i
 _SYSTEM_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
-def worker_capacity(resources: ResourcesConfig, nodes: list[dict[str, Any]] | None = None) -> int:
+def worker_capacity(resources: ClientResources, nodes: list[dict[str, Any]] | None = None) -> int:
     """How many workers with these resources fit on the alive nodes (sum over nodes of the
     per-node minimum over requested resources)."""
     return sum(node_capacities(resources, nodes if nodes is not None else ray.nodes()))
@@ -88,13 +88,11 @@ class ClientPool:
         for gi, g in enumerate(self.groups):
             res = g.resources
             actor_cls: Any = ray.remote(ClientWorker).options(
-                num_cpus=res.num_cpus,
-                num_gpus=res.num_gpus,
-                resources=dict(res.custom) or None,
+                **res.ray_options(),
                 max_restarts=-1,  # a dead worker comes back; its tasks are resubmitted by the pool
                 max_task_retries=0,  # retries are the pool's, so a client update is never applied twice
             )
-            threads = res.torch_threads or max(1, int(res.num_cpus))
+            threads = res.threads()
             for i in range(g.size):
                 name = f"worker-{g.first_worker + i}" if len(self.groups) == 1 else f"{g.name}-{i}"
                 self.names.append(name)

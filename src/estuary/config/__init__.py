@@ -5,7 +5,7 @@ owned by `estuary.data`, `estuary.lm` and `estuary.serve` and composed in). Load
 the strategies' parameter checks) is `estuary.platform.loading.load_config`.
 """
 
-from estuary.config.clients import ClientGroupConfig, ClientsConfig, ResourcesConfig
+from estuary.config.clients import ClientGroupConfig, ClientResources, ClientsConfig
 from estuary.config.experiment import (
     DataConfig,
     EvaluationConfig,
@@ -22,6 +22,7 @@ from estuary.lm.lora import LoraConfig
 
 __all__ = [
     "ClientGroupConfig",
+    "ClientResources",
     "ClientsConfig",
     "DataConfig",
     "EvaluationConfig",
@@ -32,7 +33,6 @@ __all__ = [
     "OutputConfig",
     "PrivacyConfig",
     "RayConfig",
-    "ResourcesConfig",
     "Section",
     "TrainingConfig",
 ]

@@ -8,19 +8,18 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from estuary.config.section import Section
+from estuary.resources import Resources
 
 
-class ResourcesConfig(Section):
-    num_cpus: float = Field(1.0, ge=0, description="CPUs per worker actor.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per worker actor.")
-    custom: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per worker, e.g. {estuary_client: 1}: only "
-        "nodes offering it (cluster.yaml's client GPU nodes) host client workers; the server LLM and the "
-        "trainer ask for estuary_server (server.resources, the trainer's resources_per_worker)."
-    )
+class ClientResources(Resources):
+    """Ray resources of each client worker actor (`clients.resources`, `clients.groups[].resources`)."""
+
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads in each worker (default: its num_cpus, at least 1)."
     )
+
+    def threads(self) -> int:
+        return self.torch_threads or super().threads()
 
 
 class ClientGroupConfig(Section):
@@ -28,7 +27,7 @@ class ClientGroupConfig(Section):
     count: int = Field(ge=1, description="Clients in the group.")
     model: str | None = Field(None, description="The group's client SLM (None = models.client; "
                               "models.per_client still wins).")
-    resources: ResourcesConfig | None = Field(
+    resources: ClientResources | None = Field(
         None, description="Resources of each of the group's workers (None = clients.resources), e.g. "
         "{num_gpus: 0.25, custom: {estuary_client: 1}}."
     )
@@ -47,7 +46,10 @@ class ClientsConfig(Section):
     pool_size: int | None = Field(
         None, ge=1, description="Pooled workers (None = as many as the cluster's resources allow)."
     )
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    resources: ClientResources = Field(
+        default_factory=ClientResources, description="Ray resources of each worker actor: num_cpus (default 1), "
+        "num_gpus (a fraction shares a GPU), custom, and torch_threads."
+    )
     quorum: float = Field(
         1.0, gt=0, le=1, description="Share of a round's clients that must succeed for it to count."
     )
