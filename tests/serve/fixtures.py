@@ -58,7 +58,7 @@ def server_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     # float32 so the comparison with the reference engine is tight; 1 GiB KV cache; beside 2 client workers.
     return ServerConfig(
         model=str(MODEL_DIR), served_model_name="smollm2", dtype="float32", port=free_port(), app_name=APP,
-        kv_cache_gib=1, max_model_len=512, max_loras=2, num_cpus=0,
+        kv_cache_gib=1, max_model_len=512, max_loras=2, resources={"num_cpus": 0},
         adapter_root=str(tmp_path_factory.mktemp("adapters")),
     )
 

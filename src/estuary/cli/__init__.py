@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from estuary.errors import EstuaryError
@@ -179,11 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from estuary.resources import set_note_sink
     from estuary.runtime import worker_env
 
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
+    set_note_sink(_warn)  # deprecation notes (old job keys): one yellow line each, beside the red error lines
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -35,8 +35,11 @@ def load_server_config(job: str | None, overrides: dict[str, Any], sets: list[st
     flags = {k: v for k, v in overrides.items() if v is not None}
     if not flags:
         return cfg
+    data = cfg.model_dump()
+    if "num_gpus" in flags:  # --num-gpus
+        data["resources"]["num_gpus"] = flags.pop("num_gpus")
     try:
-        return ServerConfig.model_validate({**cfg.model_dump(), **flags})
+        return ServerConfig.model_validate({**data, **flags})
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "server"
@@ -123,7 +126,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="listen port (default 8000)")
     sp.add_argument("--engine", choices=["vllm", "reference"], help="engine (default vllm)")
     sp.add_argument("--kv-cache-gib", type=float, help="KV-cache size in GiB")
-    sp.add_argument("--num-gpus", type=float, help="GPUs for the replica (a fraction shares one)")
+    sp.add_argument("--num-gpus", type=float, help="server.resources.num_gpus: GPUs for the replica (a fraction "
+                    "shares one)")
     sp.add_argument("--name", help="Serve application name (default estuary-llm)")
     sp.add_argument("--no-lora", action="store_true", help="serve without LoRA adapter versions")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
