@@ -29,7 +29,7 @@ def fedmkt_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides:
         server={"model": server_config.model, "app_name": server_config.app_name, "dtype": "float32"},
         method_params={
             "public_size": PUBLIC, "top_k": 4, "llm_eval_size": 8, "adapter_name": "fedmkt-e2e",
-            "llm_train": {"workers": 2, "cpus_per_worker": 0.01, "steps": 2, "micro_batch_size": 2,
+            "llm_train": {"workers": 2, "resources": {"num_cpus": 0.01}, "steps": 2, "micro_batch_size": 2,
                           "max_length": 64, "checkpoint_every": 2, "zero": {"stage": 2}},
         },
         **overrides,

@@ -12,12 +12,17 @@ import time
 from typing import Any
 
 from estuary.errors import ConfigError, DataError
+from estuary.resources import Resources
 from estuary.train.failures import one_line
 from estuary.train.knowledge import as_dataset, normalize_record
 from estuary.train.train_config import TrainConfig
 
 _EPS = 1e-9
-_FIELD = {"CPU": "train.cpus_per_worker", "GPU": "train.gpus_per_worker"}
+
+
+def _field(key: str) -> str:
+    """The field asking for a bundle key: train.resources.num_cpus / num_gpus / custom.<key>."""
+    return f"train.resources.{Resources.field_of(key)}"
 
 
 def _bundles_that_fit(node: dict[str, float], need: dict[str, float]) -> int:
@@ -30,13 +35,12 @@ def check_resources(cfg: TrainConfig, nodes: list[dict[str, float]], available: 
 
     `available` (the cluster's free resources now) adds the check that they are free at the moment.
     """
-    need = cfg.worker_resources()
+    need = cfg.resources.bundle()
     total = {k: sum(n.get(k, 0.0) for n in nodes) for k in need}
     for key, per in need.items():
         if per > 0 and total[key] + _EPS < per * cfg.workers:
-            where = _FIELD.get(key, f"train.resources_per_worker.{key}")
             raise ConfigError(f"train: {cfg.workers} workers x {key}={per:g} need {key}={per * cfg.workers:g}, but "
-                              f"the Ray cluster has {total[key]:g}; lower train.workers or {where}")
+                              f"the Ray cluster has {total[key]:g}; lower train.workers or {_field(key)}")
     per_node = [_bundles_that_fit(n, need) for n in nodes]
     strategy = cfg.placement_strategy
     fits = {
@@ -45,14 +49,14 @@ def check_resources(cfg: TrainConfig, nodes: list[dict[str, float]], available: 
     }[strategy]
     if fits < cfg.workers:
         raise ConfigError(f"train: only {fits} of {cfg.workers} workers ({need}) fit on the cluster's nodes with "
-                          f"placement_strategy {strategy}; lower train.workers or the per-worker resources")
+                          f"placement_strategy {strategy}; lower train.workers or train.resources")
     if available is not None:
         for key, per in need.items():
             if per > 0 and available.get(key, 0.0) + _EPS < per * cfg.workers:
                 raise ConfigError(
                     f"train: {cfg.workers} workers need {key}={per * cfg.workers:g} but only "
                     f"{available.get(key, 0.0):g} is free (other actors, e.g. a client pool, hold the rest); free "
-                    f"them, lower {_FIELD.get(key, 'train.resources_per_worker')}, or raise train.resource_wait_s")
+                    f"them, lower {_field(key)}, or raise train.resource_wait_s")
 
 
 def _nodes() -> list[dict[str, float]]:

@@ -86,7 +86,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not cfg.on_gpu:
-        torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(cfg.resources.threads())
     from estuary.train import zero
 
     zero.prepare(cfg.on_gpu, cfg.cpu_shm_comm)

@@ -104,7 +104,7 @@ class ServerTrainer:
             train_loop_config=loop_config,
             torch_config=TorchConfig(backend=cfg.dist_backend),
             scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.workers, use_gpu=cfg.on_gpu, resources_per_worker=cfg.worker_resources(),
+                num_workers=cfg.workers, use_gpu=cfg.on_gpu, resources_per_worker=cfg.resources.bundle(),
                 placement_strategy=cfg.placement_strategy,
             ),
             run_config=ray.train.RunConfig(
