@@ -72,7 +72,7 @@ def test_preflight_failures(ray_session: None, tmp_path: Path) -> None:
     if (MODEL_DIR / "config.json").is_file():
         with pytest.raises(ServerStartupError, match="not enough memory.*kv_cache_gib"):
             start_server(_config(tmp_path, kv_cache_gib=4096))
-        with pytest.raises(ServerStartupError, match="GPU"):
+        with pytest.raises(ServerStartupError, match=r"needs GPU=1.0 .*adjust server.resources.num_gpus$"):
             start_server(_config(tmp_path, resources={"num_gpus": 1}))
 
 
