@@ -147,7 +147,8 @@ class Strategy(ABC):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """Driver-side state to checkpoint with each round (server adapter version, ...)."""
+        """Driver-side state to checkpoint with each round (server adapter version, ...): plain data, and
+        entries that are tensors or mappings of tensors (saved with torch beside it, e.g. an adapter)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
