@@ -102,7 +102,8 @@ class FedAvg(Strategy):
     def configure_round(self, rnd: int, clients: list[str]) -> list[ClientTask]:
         from estuary.runtime import share
 
-        start = share(self.global_adapter)  # one object-store copy for every task of the round
+        # one object-store copy for every task of the round (round 1: none, the common initialisation)
+        start = share(self.global_adapter) if self.global_adapter is not None else None
         return [ClientTask(cid, rnd, kind="train", evaluate=False, params={"global": start}) for cid in clients]
 
     def aggregate(self, rnd: int, outcome: RoundOutcome) -> dict[str, Any]:
