@@ -258,7 +258,7 @@ def test_delta_at_or_above_one_over_n_is_refused_when_charged(tok) -> None:  # t
     with pytest.raises(PrivacyError) as err:  # 32 examples: 1/n = 0.03125
         train(lora_model(tok), tok, ledger, PrivacyConfig(delta=0.05))
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("privacy.delta=0.05 is not below 1/n = 0.0312") and "(n=32 " in msg
+    assert "\n" not in msg and msg.startswith("privacy.delta=0.05 is not below 1/n = 0.0312 for this client (n=32 ")
     assert "set privacy.delta to at most 0.003" in msg and PrivacyLedger(ledger).delta is None  # nothing charged
     assert train(lora_model(tok), tok, {}, PrivacyConfig(delta=0.03)).delta == 0.03  # below 1/n: accepted
 
@@ -282,7 +282,8 @@ def test_delta_at_or_above_one_over_n_is_refused_before_ray(tmp_path, capsys) ->
         assert main([cmd, str(tmp_path / "job.yaml"), "--no-progress"][: 2 if cmd == "validate" else 3]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "Traceback" not in err, err
-        assert f"privacy.delta={1 / big:g} is not below 1/n" in err and f"(n={big} private examples)" in err, err
+        cid = next(c for c, (n, _) in sizes.items() if n == big)
+        assert f"privacy.delta={1 / big:g} is not below 1/n" in err and f"client {cid} (n={big} private" in err, err
     check_delta(load_config(base={**job, "privacy": {"delta": "1/n^1.1"}}))  # the named rule: below 1/n
     check_delta(load_config(base={**job, "privacy": {"target_epsilon": None, "delta": 0.5}}))  # no DP: no δ
 

@@ -24,12 +24,12 @@ def resolve_delta(delta: float | str, n: int) -> tuple[float, str]:
     return float(delta), "privacy.delta"
 
 
-def delta_refusal(delta: float, n: int, client: str) -> str | None:
-    """Why δ is no guarantee for a client with n private examples (δ ≥ 1/n: releasing one whole example at
-    random would satisfy it), as one line naming privacy.delta, n and the fix; None when δ < 1/n."""
+def delta_refusal(delta: float, n: int, who: str) -> str | None:
+    """Why δ is no guarantee for `who` (e.g. "client c003") holding n private examples (δ ≥ 1/n: releasing one
+    whole example at random would satisfy it), as one line naming privacy.delta, n and the fix; None when δ < 1/n."""
     if delta < 1.0 / max(n, 1):
         return None
-    return (f"privacy.delta={delta:g} is not below 1/n = {1.0 / max(n, 1):.3g} for client {client} (n={n} private "
+    return (f"privacy.delta={delta:g} is not below 1/n = {1.0 / max(n, 1):.3g} for {who} (n={n} private "
             f"examples): a δ that large allows leaking a whole example — set privacy.delta to at most "
             f"{0.1 / max(n, 1):.1g} (default {DEFAULT_DELTA:g}) or '{PER_CLIENT_DELTA}'")
 

@@ -72,6 +72,6 @@ def check_delta(cfg: ExperimentConfig, data: FederatedData | None = None) -> Non
 
         data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
     for cid, (n, _eval) in data.sizes().items():
-        why = delta_refusal(resolve_delta(cfg.privacy.delta, n)[0], n, cid)
+        why = delta_refusal(resolve_delta(cfg.privacy.delta, n)[0], n, f"client {cid}")
         if why is not None:
             raise PrivacyError(why)

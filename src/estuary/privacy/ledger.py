@@ -180,7 +180,7 @@ class PrivacyLedger:
                 "with; keep privacy.delta unchanged for a run"
             )
         delta = wanted if current is None else current
-        why = delta_refusal(delta, n, client or "of this ledger")
+        why = delta_refusal(delta, n, f"client {client}" if client else "this client")
         if why is not None:
             raise PrivacyError(why)
         if current is None:
