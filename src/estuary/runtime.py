@@ -51,3 +51,14 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
     except ConnectionError as exc:
         raise EstuaryError(f"cannot reach the Ray cluster at {addr!r} ({exc}); check --address / ray.address") from None
     return True
+
+
+def share(value: Any) -> Any:
+    """One copy of `value` for many client tasks of a round: put in the object store once under Ray (the
+    ObjectRef travels in each `ClientTask.params`), else the value itself. `resolve` reads it back."""
+    return ray.put(value) if ray.is_initialized() else value
+
+
+def resolve(value: Any) -> Any:
+    """What `share` stored: fetched from the object store when it is an ObjectRef, else `value` as it is."""
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value

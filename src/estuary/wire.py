@@ -115,8 +115,10 @@ class RoundOutcome:
 
     def then(self, later: RoundOutcome) -> RoundOutcome:
         """This phase followed by a later one in the same round: the later Egress records, carrying the
-        earlier phase's metrics they do not overwrite; failures and attempts of both."""
-        results = {cid: dataclasses.replace(eg, metrics={**self.results[cid].metrics, **eg.metrics})
+        earlier phase's metrics they do not overwrite and counting the training examples of both phases;
+        failures and attempts of both."""
+        results = {cid: dataclasses.replace(eg, metrics={**self.results[cid].metrics, **eg.metrics},
+                                            examples=self.results[cid].examples + eg.examples)
                    if cid in self.results else eg for cid, eg in later.results.items()}
         failures = {**self.failures, **later.failures}
         return RoundOutcome(results, {c: t for c, t in failures.items() if c not in results},

@@ -281,7 +281,9 @@ def test_jobs_load(job: str) -> None:
     from estuary.platform.loading import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{job}.yaml")
-    assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized", "llm_centralized"]
+    assert cfg.method == "fedmkt" and cfg.baselines[:4] == ["zero_shot", "standalone", "centralized", "llm_centralized"]
+    models = {cfg.models.for_client(i) for i in range(cfg.clients.count)}
+    assert ("fedavg" in cfg.baselines) == (len(models) == 1 and cfg.clients.count > 1)  # FedAvg: homogeneous, ≥ 2
     assert cfg.method_params["top_k"] <= cfg.server.max_logprobs
 
 

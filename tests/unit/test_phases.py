@@ -18,9 +18,11 @@ def eg(cid: str, **metrics: float) -> Egress:
 
 def test_then_merges_phases() -> None:
     first = RoundOutcome({"a": eg("a", x=1.0, y=1.0), "b": eg("b", x=2.0)}, {"c": "boom"}, attempts=4)
+    first.results["a"].examples = 24  # e.g. FedAvg: trained in the first phase, evaluated in the later one
     later = RoundOutcome({"a": eg("a", y=5.0)}, {"b": "oom"}, attempts=2)
     both = first.then(later)
     assert both.results["a"].metrics == {"x": 1.0, "y": 5.0}  # the later phase wins on shared keys
+    assert both.results["a"].examples == 24  # the round's examples: both phases'
     assert set(both.results) == {"a"} and both.failures == {"b": "oom", "c": "boom"} and both.attempts == 6
     recovered = RoundOutcome({}, {"a": "x"}).then(RoundOutcome({"a": eg("a")}, {}))
     assert recovered.failures == {} and recovered.ok == 1

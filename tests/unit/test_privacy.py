@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from estuary.config import PrivacyConfig
+from estuary.config.privacy import per_client_delta
 from estuary.data.task import Example
 from estuary.errors import ConfigError
 from estuary.lm.lora import LoraConfig
@@ -17,7 +18,7 @@ from estuary.lm.model import adapter_state, attach_lora
 from estuary.platform.loading import load_config
 from estuary.platform.records import Recorder
 from estuary.privacy.dp_sgd import dp_train_steps
-from estuary.privacy.ledger import BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger, default_delta
+from estuary.privacy.ledger import BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger
 from estuary.wire import Egress
 from tests.unit.test_slm import SST2, examples, make_model
 
@@ -47,7 +48,9 @@ def train(model, tok, ledger, cfg, **kw):  # type: ignore[no-untyped-def]
         ("privacy.target_epsilon=-2", "privacy.target_epsilon", "null for ε = ∞"),
         ("privacy.budget_epsilon=0", "privacy.budget_epsilon", "ε must be > 0"),
         ("privacy.delta=1", "privacy.delta", "δ must be in (0, 1)"),
-        ("privacy.delta=1.5", "privacy.delta", "null uses 1/n^1.1"),
+        ("privacy.delta=1.5", "privacy.delta", "'1/n^1.1' derives it from each client's data size"),
+        ("privacy.delta=null", "privacy.delta", "null no longer means 1/n^1.1; write '1/n^1.1'"),
+        ("privacy.delta=often", "privacy.delta", "or '1/n^1.1'"),
         ("privacy.noise_multiplier=0", "privacy.noise_multiplier", "greater than 0"),
         ("privacy.clipping=fast", "privacy.clipping", "'auto', 'ghost', 'ghost_bk' or 'hooks'"),
     ],
@@ -233,10 +236,56 @@ def test_epochs_and_default_delta(tok) -> None:  # type: ignore[no-untyped-def]
     ledger: dict = {}
     r = dp_train_steps(lora_model(tok), tok, SST2, EXAMPLES, ledger=ledger, dp_cfg=PrivacyConfig(), epochs=1,
                        seed=0, **TRAIN)
-    assert r.steps == 8 and r.delta == pytest.approx(default_delta(32)) == pytest.approx(1 / 32**1.1)
+    assert PrivacyConfig().delta == 1e-5  # FDKT's published δ, whatever the client's size
+    assert r.steps == 8 and r.delta == 1e-5 and ledger["delta_source"] == "privacy.delta"
+    with pytest.raises(PrivacyError, match="keep privacy.delta unchanged"):
+        train(lora_model(tok), tok, ledger, PrivacyConfig(delta=1e-6))
+
+
+def test_named_per_client_delta_rule(tok) -> None:  # type: ignore[no-untyped-def]
+    assert load_config("jobs/quickstart.yaml", ["privacy.delta=1/n^1.1"]).privacy.delta == "1/n^1.1"
+    ledger: dict = {}
+    r = train(lora_model(tok), tok, ledger, PrivacyConfig(delta="1/n^1.1"))
+    assert r.delta == pytest.approx(per_client_delta(32)) == pytest.approx(1 / 32**1.1)
     assert ledger["delta_source"] == "1/n^1.1 (n=32)"
+    assert train(lora_model(tok), tok, ledger, PrivacyConfig(delta="1/n^1.1")).delta == r.delta  # fixed once
     with pytest.raises(PrivacyError, match="keep privacy.delta unchanged"):
         train(lora_model(tok), tok, ledger, PrivacyConfig(delta=1e-5))
+
+
+def test_delta_at_or_above_one_over_n_is_refused_when_charged(tok) -> None:  # type: ignore[no-untyped-def]
+    ledger: dict = {}
+    with pytest.raises(PrivacyError) as err:  # 32 examples: 1/n = 0.03125
+        train(lora_model(tok), tok, ledger, PrivacyConfig(delta=0.05))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("privacy.delta=0.05 is not below 1/n = 0.0312 for this client (n=32 ")
+    assert "set privacy.delta to at most 0.003" in msg and PrivacyLedger(ledger).delta is None  # nothing charged
+    assert train(lora_model(tok), tok, {}, PrivacyConfig(delta=0.03)).delta == 0.03  # below 1/n: accepted
+
+
+def test_delta_at_or_above_one_over_n_is_refused_before_ray(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from estuary.cli import main
+    from estuary.data.federated import build_federated_data
+    from estuary.platform.preflight import check_delta
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, tmp_path / "no-model", method="dp_standalone", baselines=["standalone"])
+    cfg = load_config(base=job)
+    sizes = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed).sizes()
+    small, big = min(n for n, _ in sizes.values()), max(n for n, _ in sizes.values())
+    job["privacy"] = {"delta": 1 / big}  # δ = 1/n: refused for the largest client only
+    assert small < big
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    for cmd in ("validate", "run"):  # run: refused before Ray starts (no cluster here)
+        assert main([cmd, str(tmp_path / "job.yaml"), "--no-progress"][: 2 if cmd == "validate" else 3]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        cid = next(c for c, (n, _) in sizes.items() if n == big)
+        assert f"privacy.delta={1 / big:g} is not below 1/n" in err and f"client {cid} (n={big} private" in err, err
+    check_delta(load_config(base={**job, "privacy": {"delta": "1/n^1.1"}}))  # the named rule: below 1/n
+    check_delta(load_config(base={**job, "privacy": {"target_epsilon": None, "delta": 0.5}}))  # no DP: no δ
 
 
 def test_disabled_privacy_is_recorded_loudly_and_sticks(tok) -> None:  # type: ignore[no-untyped-def]

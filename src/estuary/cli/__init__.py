@@ -40,8 +40,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from estuary.platform.loading import explain, load_config
+    from estuary.platform.preflight import check_delta
 
     cfg = load_config(args.job, args.set)
+    check_delta(cfg)  # δ against each client's data size (the shards are built from the seed, no Ray)
     if args.explain:
         table = Table("key", "value", "help")
         values = cfg.model_dump(mode="json")

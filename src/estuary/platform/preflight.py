@@ -1,4 +1,8 @@
-"""Before any actor starts: can Opacus DP-train every model of the run with the job's LoRA adapter?
+"""Before any actor starts: is the job's δ a guarantee for every client, and can Opacus DP-train every model
+of the run with the job's LoRA adapter?
+
+`check_delta` refuses a `privacy.delta` at or above 1/n for any client (n: its private training examples,
+known on the driver from the seed before Ray starts); the ledger refuses it again when DP work is charged.
 
 A run whose strategies do DP work (`uses_privacy = True` on the Strategy class) with privacy enabled has
 each client model (and `privacy.generator_model`) built on PyTorch's meta device — its config only, no
@@ -11,10 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from estuary.config.privacy import delta_refusal, resolve_delta
 from estuary.privacy.ledger import PrivacyError
 
 if TYPE_CHECKING:
     from estuary.config import ExperimentConfig
+    from estuary.data.federated import FederatedData
 
 
 def uses_privacy(cfg: ExperimentConfig) -> bool:
@@ -54,3 +60,18 @@ def check_run_models(cfg: ExperimentConfig, model_paths: dict[str, str]) -> None
     gen = cfg.privacy.generator_model
     if gen and gen not in specs:
         check_model(model_paths[gen], cfg, f"privacy.generator_model {gen!r} with training.lora")
+
+
+def check_delta(cfg: ExperimentConfig, data: FederatedData | None = None) -> None:
+    """Raise a one-line PrivacyError if the run does DP work and δ ≥ 1/n for a client holding n examples
+    (`data`: the run's federated data; built from the job when not given, as `estuary validate` does)."""
+    if not uses_privacy(cfg):
+        return
+    if data is None:
+        from estuary.data.federated import build_federated_data
+
+        data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
+    for cid, (n, _eval) in data.sizes().items():
+        why = delta_refusal(resolve_delta(cfg.privacy.delta, n)[0], n, f"client {cid}")
+        if why is not None:
+            raise PrivacyError(why)

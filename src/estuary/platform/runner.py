@@ -51,7 +51,7 @@ def run_experiment(
 ) -> Path:
     from estuary.client.pool import ClientPool
     from estuary.data.federated import build_federated_data
-    from estuary.platform.preflight import check_run_models
+    from estuary.platform.preflight import check_delta, check_run_models
     from estuary.platform.report import draw_plots, results_table
     from estuary.platform.run_context import RunContext, ServerContext
 
@@ -62,6 +62,7 @@ def run_experiment(
         recorder.write_config(cfg.to_yaml())
     # Fail fast, before any actor starts: data and models are checked in the driver.
     data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
+    check_delta(cfg, data)  # δ ≥ 1/n for a client is no guarantee: one line now, before Ray starts
     model_paths, server_path = resolve_models(cfg)
     check_run_models(cfg, model_paths)  # a model Opacus cannot DP-train: one line now, not after retries
 

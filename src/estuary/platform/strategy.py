@@ -69,8 +69,9 @@ class Strategy(ABC):
 
     The two sides run in different processes. The driver builds one instance; every client worker builds its own
     copy from the job (`cls(exp, params)`) and calls only `client_step` on it. State a driver-side hook sets on
-    `self` is therefore not visible in `client_step`: send what a client needs in `ClientTask.params`, and keep
-    what a client owns across rounds in its `ClientState.extra`.
+    `self` is therefore not visible in `client_step`: send what a client needs in `ClientTask.params` (what every
+    task of a round needs, e.g. a global adapter, once: `estuary.runtime.share` on the driver, `resolve` in
+    `client_step`), and keep what a client owns across rounds in its `ClientState.extra`.
     """
 
     name: ClassVar[str]
@@ -147,7 +148,8 @@ class Strategy(ABC):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """Driver-side state to checkpoint with each round (server adapter version, ...)."""
+        """Driver-side state to checkpoint with each round (server adapter version, ...): plain data, and
+        entries that are tensors or mappings of tensors (saved with torch beside it, e.g. an adapter)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

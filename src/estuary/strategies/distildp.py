@@ -103,6 +103,8 @@ class DistilDP(Strategy):
         return {"targets": targets, "refused": refused, "unparsed": unparsed}
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
+        from estuary.runtime import share
+
         p: DistilDPConfig = self.params
         targets: list[TeacherTarget] = agg["targets"]
         if p.max_synthetic is not None and len(targets) > p.max_synthetic:
@@ -116,7 +118,7 @@ class DistilDP(Strategy):
             for t in targets] + [
             {"uid": row["uid"], "client": _client_of(row["uid"]), "round": rnd, "strategy": self.name,
              "parsed": False, "text": row["text"]} for row in unparsed])
-        self._pool = _share(targets) if targets else None
+        self._pool = share(targets) if targets else None  # one copy in the object store for every student
         if not targets and unparsed and not agg["refused"]:
             raise RoundFailed(
                 f"distildp round {rnd}: none of the {len(unparsed)} synthetic samples the DP teachers wrote parse as "
@@ -137,10 +139,11 @@ class DistilDP(Strategy):
 
     def _distil(self, ctx: ClientContext, task: ClientTask) -> Egress:
         from estuary.lm.model import adapter_state, load_adapter_state
+        from estuary.runtime import resolve
         from estuary.strategies.distildp_client import HARD_KEY, student_distill
 
         p: DistilDPConfig = self.params
-        pool = _resolve(task.params.get("pool"))
+        pool = resolve(task.params.get("pool"))
         metrics: dict[str, float] = {"distil/samples": float(len(pool or []))}
         if not pool:
             if task.evaluate:
@@ -181,16 +184,3 @@ def _client_of(uid: str | None) -> str | None:
     """The client in a synthetic sample's uid (synthetic/<client>/r<round>/...)."""
     parts = (uid or "").split("/")
     return parts[1] if len(parts) > 1 else None
-
-
-def _share(targets: list[Any]) -> Any:
-    """One copy of the pool for every student task: in the object store under Ray, else the list itself."""
-    import ray
-
-    return ray.put(targets) if ray.is_initialized() else targets
-
-
-def _resolve(pool: Any) -> list[Any] | None:
-    import ray
-
-    return ray.get(pool) if isinstance(pool, ray.ObjectRef) else pool
