@@ -200,6 +200,34 @@ def test_methods_listing_shows_distildps_own_generator_defaults() -> None:
     assert rows["distill_weight"] == "0.4"
 
 
+def test_faithful_defaults_a_larger_teacher_no_hidden_term_and_the_kd_reduction(tmp_path: Path) -> None:
+    """The paper compresses (GPT-2-Large → DistilGPT-2): a Qwen teacher for SmolLM2 students by default; the
+    published commands set alpha_cos = 0 (no hidden-state term); the KL's reduction is an option. The teacher is
+    privacy.generator_model when the job sets one, and the client's own SLM when neither is set."""
+    from estuary.registry import build_params, get
+    from estuary.strategies.distildp_config import DEFAULT_TEACHER
+
+    p = build_params("distildp", {})
+    assert p.teacher_model == DEFAULT_TEACHER == "qwen2.5-0.5b" and p.hidden_weight == 0.0
+    assert p.distill_weight == 0.4 and p.temperature == 1.0 and p.kd_reduction in ("token_mean", "batchmean")
+    assert build_params("distildp", {"kd_reduction": "batchmean"}).kd_reduction == "batchmean"
+    with pytest.raises(ConfigError, match="kd_reduction"):
+        build_params("distildp", {"kd_reduction": "sum"})
+    job = tmp_path / "job.yaml"
+    job.write_text("method: distildp\nbaselines: [dp_standalone]\ndata: {task: e2e}\n")
+    cfg = load_config(job)
+    assert get("distildp").generator_model(cfg) == "qwen2.5-0.5b"
+    assert get("dp_standalone").generator_model(cfg) is None  # the DP-SGD student trains the SLM itself
+    cfg = load_config(job, ["privacy.generator_model=gemma3-270m"])
+    assert get("distildp").generator_model(cfg) == "gemma3-270m"
+    cfg = load_config(job, ["method_params.teacher_model=null"])
+    assert get("distildp").generator_model(cfg) is None
+    for name in ("distildp-yelp", "distildp-e2e"):  # the CPU jobs take the defaults
+        cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{name}.yaml")
+        assert get("distildp").generator_model(cfg) == "qwen2.5-0.5b"
+        assert build_params("distildp", cfg.method_params).hidden_weight == 0.0
+
+
 def _teach_in_process(tmp_path: Path, model_dir: Path, task: str, max_length: int,
                       epsilon: float | None) -> tuple[Any, dict[str, Any]]:
     """DistilDP's teach phase for two clients on the tiny model, in this process (no Ray): (strategy, egress)."""
@@ -213,7 +241,7 @@ def _teach_in_process(tmp_path: Path, model_dir: Path, task: str, max_length: in
                    privacy={"target_epsilon": epsilon},
                    method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": max_length,
                                                 "samples_per_label": 3, "max_new_tokens": 12, "min_words": 1},
-                                  "topk": 4})
+                                  "topk": 4, "teacher_model": None})  # the tiny SLM teaches itself
     cfg = load_config(base=job)
     worker = ClientWorker(cfg.model_dump_json(), {str(model_dir): str(model_dir)}, "w", 1)
     strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))

@@ -88,19 +88,20 @@ def client_dp_synthesize(
     examples: list[Example] | tuple[Example, ...] | None = None,
     retrain: bool = False,
     steps: int | None = None,
+    generator_model: str | None = None,
 ) -> SyntheticResult:
     """Train (once, or again with `retrain`) the client's DP generator and sample labelled synthetic data.
 
     The generator is a separate LoRA adapter on the client's SLM, started from a data-independent
     initialisation and kept in `state.extra["dp_generator"]` (a DP model: reusing it costs no ε). The
-    client's own adapter is swapped back afterwards. With `privacy.generator_model` set, the generator is a
-    LoRA adapter on that model instead. Sampling and filtering are post-processing; the release is logged
-    in the ledger with the ε in force.
+    client's own adapter is swapped back afterwards. With `generator_model` (else `privacy.generator_model`)
+    set, the generator is a LoRA adapter on that model instead. Sampling and filtering are post-processing;
+    the release is logged in the ledger with the ε in force.
     """
     from estuary.lm.model import adapter_state, load_adapter_state
 
     cfg = gen_cfg or GeneratorConfig()
-    spec = ctx.exp.privacy.generator_model or ctx.state.model
+    spec = generator_model or ctx.exp.privacy.generator_model or ctx.state.model
     model, tok = ctx.model_for(spec)
     saved = ctx.state.extra.get(GENERATOR_KEY)
     own = adapter_state(model)

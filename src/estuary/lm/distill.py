@@ -17,7 +17,7 @@ import torch
 
 from estuary.lm.encoding import collate, padding_id
 from estuary.lm.loop import StepReport, TrainingLoop
-from estuary.lm.objective import IGNORE, hidden_mse_loss, objective
+from estuary.lm.objective import IGNORE, KDReduction, hidden_mse_loss, objective
 from estuary.lm.seeding import batch_indices
 
 Rows = tuple[list[list[int]], list[list[float]]]  # (top-k ids per position, their log-probabilities)
@@ -105,10 +105,12 @@ def distill_steps(
     grad_clip: float | None = 1.0,
     hidden_weight: float = 0.0,
     projection: torch.nn.Parameter | None = None,
+    kd_reduction: KDReduction = "token_mean",
 ) -> DistillResult:
     """`steps` AdamW steps on the trainable (adapter) parameters with (1-λ)·LM + λ·KD per batch
     (`estuary.lm.objective.objective`), plus β·hidden-state MSE (`hidden_mse_loss`, the last layer's
-    states, through `projection` [Dt, Ds] when given; it is trained too) when `hidden_weight` β > 0; batches,
+    states, through `projection` [Dt, Ds] when given; it is trained too) when `hidden_weight` β > 0; the KD term
+    is the per-position mean or, with `kd_reduction="batchmean"`, the sum over positions per sequence; batches,
     seeding and `optimizer_state` hand-off as in `estuary.lm.loop.train_steps`. The model is left in the
     mode it came in."""
     if steps < 0 or batch_size < 1:
@@ -125,7 +127,7 @@ def distill_steps(
         input_ids, mask, labels, topk_ids, topk_lps = _batch_tensors(batch, pad, loop.device)
         out = model(input_ids=input_ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden_weight > 0)
         parts = objective(out.logits, labels, topk_ids, topk_lps, distill_weight=distill_weight,
-                          temperature=temperature, tail_bucket=tail_bucket)
+                          temperature=temperature, tail_bucket=tail_bucket, kd_reduction=kd_reduction)
         loss = parts.loss
         named = {"lm": float(parts.sft.detach()), "kd": float(parts.kd.detach())}
         if hidden_weight > 0:

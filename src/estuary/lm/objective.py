@@ -9,6 +9,10 @@ Shapes: `logits` [B, L, V] are the model's outputs at every position; position t
   the mass outside the top k (1 - Σ top-k) is one more bucket on both sides, so the KL is between two
   proper distributions over k+1 outcomes; the temperature T divides the student's logits and the
   teacher's log-probabilities (the tail bucket counts as one pseudo-token) and the KL is scaled by T².
+  `reduction` weighs the positions: "token_mean" averages the KL over the positions that carry a target;
+  "batchmean" sums it over them and divides by the number of sequences B, as PyTorch's
+  `KLDivLoss(reduction="batchmean")` does on [B, L, V] (DistilDP's reference code), so it weighs about as many
+  times more than the token mean as a sequence has target positions.
 - `mix_losses`: (1-λ)·SFT + λ·KD, falling back to the term that has targets when the other has none.
 - `hidden_mse_loss`: DistilDP's hidden-state term, the mean squared error between the student's hidden
   states (projected to the teacher's width when the widths differ) and the teacher's at the positions that
@@ -18,18 +22,21 @@ Shapes: `logits` [B, L, V] are the model's outputs at every position; position t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 IGNORE = -100  # label of a token that is not trained on (prompt, padding)
+KDReduction = Literal["token_mean", "batchmean"]
+KD_REDUCTIONS: tuple[str, ...] = ("token_mean", "batchmean")
 
 
 @dataclass(frozen=True)
 class LossParts:
     loss: torch.Tensor  # what to backpropagate
     sft: torch.Tensor  # mean SFT cross-entropy (0 when no labelled token)
-    kd: torch.Tensor  # mean distillation KL (0 when no teacher position)
+    kd: torch.Tensor  # distillation KL, reduced as asked (0 when no teacher position)
     sft_tokens: int  # labelled tokens in the batch
     kd_positions: int  # positions with a teacher distribution
 
@@ -58,14 +65,18 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def topk_kl_loss(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, *,
-                 temperature: float = 1.0, tail_bucket: bool = True) -> tuple[torch.Tensor, int]:
-    """Mean KL(teacher ‖ student) over positions with a teacher distribution, and their count.
+                 temperature: float = 1.0, tail_bucket: bool = True,
+                 reduction: KDReduction = "token_mean") -> tuple[torch.Tensor, int]:
+    """KL(teacher ‖ student) over positions with a teacher distribution, and their count: their mean
+    ("token_mean"), or their sum divided by the batch's sequences B = logits.shape[0] ("batchmean").
 
     `topk_ids` [B, L, K] (long) and `topk_logprobs` [B, L, K] (teacher log-probabilities at temperature 1;
     `-inf` marks padding). Ids must be distinct within a position (merge duplicates first).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {KD_REDUCTIONS}, got {reduction!r}")
     valid = torch.isfinite(topk_logprobs)
     positions = valid.any(dim=-1)
     count = int(positions.sum())
@@ -92,7 +103,8 @@ def topk_kl_loss(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: to
     p = p_log.exp()
     terms = torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p))  # 0·log 0 = 0
     kl = terms.sum(dim=-1)
-    return kl.mean() * (t * t), count
+    reduced = kl.mean() if reduction == "token_mean" else kl.sum() / logits.shape[0]
+    return reduced * (t * t), count
 
 
 def mix_losses(sft: torch.Tensor, kd: torch.Tensor, distill_weight: float, *, has_sft: bool = True,
@@ -109,14 +121,16 @@ def mix_losses(sft: torch.Tensor, kd: torch.Tensor, distill_weight: float, *, ha
 
 def objective(logits: torch.Tensor, labels: torch.Tensor, topk_ids: torch.Tensor | None,
               topk_logprobs: torch.Tensor | None, *, distill_weight: float, temperature: float = 1.0,
-              tail_bucket: bool = True) -> LossParts:
-    """The loss of one batch: SFT on the labels, KD towards the top-k targets, mixed by `distill_weight`."""
+              tail_bucket: bool = True, kd_reduction: KDReduction = "token_mean") -> LossParts:
+    """The loss of one batch: SFT on the labels (token mean), KD towards the top-k targets (reduced by
+    `kd_reduction`, see `topk_kl_loss`), mixed by `distill_weight`."""
     want_sft = distill_weight < 1.0
     want_kd = distill_weight > 0.0 and topk_ids is not None and topk_logprobs is not None
     sft, n_sft = sft_loss(logits, labels) if want_sft else (_zero(logits), 0)
     if want_kd:
         assert topk_ids is not None and topk_logprobs is not None
-        kd, n_kd = topk_kl_loss(logits, topk_ids, topk_logprobs, temperature=temperature, tail_bucket=tail_bucket)
+        kd, n_kd = topk_kl_loss(logits, topk_ids, topk_logprobs, temperature=temperature, tail_bucket=tail_bucket,
+                                reduction=kd_reduction)
     else:
         kd, n_kd = _zero(logits), 0
     if n_sft == 0 and n_kd == 0:

@@ -3,6 +3,7 @@ example stream (epoch-wise permutations) every training loop draws its batches f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,3 +46,11 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
             epoch_cache[epoch] = torch.randperm(n, generator=gen).tolist()
         out.append(epoch_cache[epoch][offset])
     return out
+
+
+def epoch_steps(n: int, batch_size: int, epochs: float = 1.0) -> int:
+    """Steps of `batch_size` that pass `epochs` times over `n` examples of the stream above (at least one):
+    ceil(epochs × n / batch_size); one epoch sees every example once, the last batch topped up from the next."""
+    if n < 1 or batch_size < 1 or not epochs > 0:
+        raise ValueError(f"n and batch_size must be >= 1 and epochs > 0 (got {n}, {batch_size}, {epochs})")
+    return max(1, math.ceil(epochs * n / batch_size - 1e-9))

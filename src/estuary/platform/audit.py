@@ -189,6 +189,7 @@ def audit_run_dir(
     from estuary.platform.loading import load_config
     from estuary.platform.records import open_run_dir
     from estuary.platform.strategy import client_ids
+    from estuary.registry import get
 
     path = open_run_dir(run_dir)
     cfg = load_config(path / "config.yaml")
@@ -210,7 +211,8 @@ def audit_run_dir(
     dp_cfg = cfg.privacy if cfg.privacy.enabled else cfg.privacy.model_copy(update={"target_epsilon": 3.0})
     log(f"client {cid}: DP generator from the {source}" if saved is not None else
         f"client {cid}: no DP generator saved in the run; one is trained with the run's privacy settings")
-    spec = (saved or {}).get("model") or cfg.privacy.generator_model or cfg.models.for_client(ids.index(cid))
+    spec = ((saved or {}).get("model") or get(strategy or cfg.method).generator_model(cfg)
+            or cfg.models.for_client(ids.index(cid)))
     base, tok = load_base(resolve_model(spec), dtype=cfg.models.dtype)
     model = attach_lora(base, cfg.training.lora, seed=cfg.seed)
     results = audit_generators(

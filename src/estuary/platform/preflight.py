@@ -5,10 +5,10 @@ of the run with the job's LoRA adapter?
 known on the driver from the seed before Ray starts); the ledger refuses it again when DP work is charged.
 
 A run whose strategies do DP work (`uses_privacy = True` on the Strategy class) with privacy enabled has
-each client model (and `privacy.generator_model`) built on PyTorch's meta device — its config only, no
-weights — wrapped with the job's LoRA adapter, and checked like `DPStepper` checks it. A model Opacus
-cannot wrap ends the run at once with one line naming the setting and the fix, instead of failing in every
-worker after retries.
+each client model (and each DP generator or teacher model, `Strategy.generator_model`) built on PyTorch's
+meta device — its config only, no weights — wrapped with the job's LoRA adapter, and checked like
+`DPStepper` checks it. A model Opacus cannot wrap ends the run at once with one line naming the setting and
+the fix, instead of failing in every worker after retries.
 """
 
 from __future__ import annotations
@@ -51,15 +51,20 @@ def check_model(path: str, cfg: ExperimentConfig, label: str) -> None:
 
 
 def check_run_models(cfg: ExperimentConfig, model_paths: dict[str, str]) -> None:
-    """`check_model` for every client model and the DP generator model, if the run does DP work."""
+    """`check_model` for every client model and each DP strategy's generator or teacher model
+    (`Strategy.generator_model`), if the run does DP work."""
+    from estuary.registry import get
+
     if not uses_privacy(cfg):
         return
     specs = {cfg.models.client, *cfg.models.per_client.values()}
     for spec in sorted(specs):
         check_model(model_paths[spec], cfg, f"client model {spec!r} with training.lora")
-    gen = cfg.privacy.generator_model
-    if gen and gen not in specs:
-        check_model(model_paths[gen], cfg, f"privacy.generator_model {gen!r} with training.lora")
+    gens = {m for name in cfg.strategies() if getattr(get(name), "uses_privacy", False)
+            and (m := get(name).generator_model(cfg))}
+    for gen in sorted(gens - specs):
+        label = ("privacy.generator_model" if gen == cfg.privacy.generator_model else "the DP teacher model")
+        check_model(model_paths[gen], cfg, f"{label} {gen!r} with training.lora")
 
 
 def check_delta(cfg: ExperimentConfig, data: FederatedData | None = None) -> None:

@@ -28,13 +28,12 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
 
 
 def resolve_models(cfg: ExperimentConfig) -> tuple[dict[str, str], str | None]:
-    """Resolve (and convert once, if needed) every client model, the DP generator model if one is set,
-    and the server model, in the driver."""
+    """Resolve (and convert once, if needed) every client model, the DP generator or teacher model of each
+    strategy that has one (`Strategy.generator_model`), and the server model, in the driver."""
     from estuary.models import resolve_model
 
     specs = {cfg.models.client, *(cfg.models.for_client(i) for i in range(cfg.clients.count))}  # groups too
-    if cfg.privacy.generator_model:
-        specs.add(cfg.privacy.generator_model)
+    specs.update(m for name in cfg.strategies() if (m := get(name).generator_model(cfg)))  # DP generators, teachers
     paths = {spec: resolve_model(spec) for spec in sorted(specs)}
     server = resolve_model(cfg.models.server) if cfg.evaluation.server else None
     return paths, server

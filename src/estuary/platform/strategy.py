@@ -100,6 +100,13 @@ class Strategy(ABC):
                               f"use {fitting}")
 
     @classmethod
+    def generator_model(cls, cfg: ExperimentConfig) -> str | None:
+        """The model this strategy's clients DP-fine-tune as a generator or teacher, when it is not each
+        client's own SLM (None). Default: `privacy.generator_model`. The runner resolves it before the run and
+        the preflight checks that Opacus can train it."""
+        return cfg.privacy.generator_model
+
+    @classmethod
     def task_misfit(cls, task: Task) -> str | None:
         """Why this strategy cannot run `task` (a phrase after the task's name), or None when it can."""
         if cls.task_kind is not None and task.kind != cls.task_kind:

@@ -4,15 +4,18 @@ Federated form. The teacher is DP-trained in the client that owns the data, not 
 adapters: every client's ε is then its own ledger's (per-example DP-SGD on data that never leaves it), and
 nothing has to average LoRA factors that were initialised and trained apart. Each round has two phases:
 
-1. `teach` (clients): each client DP-fine-tunes its teacher once (`privacy.generator_model`, LoRA, Opacus
-   DP-SGD to privacy.target_epsilon; later rounds sample the same DP model at no further ε), samples text
+1. `teach` (clients): each client DP-fine-tunes its teacher once (LoRA on `teacher_model`, by default
+   Qwen2.5-0.5B, larger than the SmolLM2 students as the paper's teacher is; `privacy.generator_model` when set;
+   Opacus DP-SGD to privacy.target_epsilon; later rounds sample the same DP model at no further ε), samples text
    from it, and has the teacher read each sample: top-k next-token distributions and last-layer hidden
    states, carried into the student's tokenisation in the client (`estuary.client.distildp`). Only these
    leave the client, with the ledger's release entry.
 2. server: the samples are pooled across clients (post-processing), recorded in knowledge/synthetic.jsonl
    and put once in the object store.
 3. `distil` (clients): each student (the client's SLM adapter) trains on the pooled synthetic text only,
-   (1-λ)·CE + λ·KL + β·hidden MSE, and is evaluated (perplexity on real held-out text). With
+   (1-λ)·CE + λ·KL (+ β·hidden MSE, off by default as in the published commands; the KL a token mean or, with
+   `kd_reduction: batchmean`, the reference code's sum per sequence), and is evaluated (perplexity on real
+   held-out text). With
    `hard_label_baseline`, a twin trained on the same text from the same start with λ = β = 0 is evaluated
    too (hard_labels/*), so both students see the same teacher and samples.
 
@@ -56,6 +59,13 @@ class DistilDP(Strategy):
         self._pool: Any = None  # this round's pooled targets (an object-store reference under Ray)
 
     @classmethod
+    def generator_model(cls, cfg: ExperimentConfig) -> str | None:
+        """The DP teacher's model: privacy.generator_model when set, else `teacher_model` (None: the SLM)."""
+        from estuary.registry import params_for
+
+        return cfg.privacy.generator_model or params_for(cls, cfg.params_of(cls.name)).teacher_model
+
+    @classmethod
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
         super().check_job(cfg, source)
         models = {cfg.models.for_client(i) for i in range(cfg.clients.count)}
@@ -76,7 +86,7 @@ class DistilDP(Strategy):
         from estuary.strategies.distildp_client import client_teacher_targets
 
         p: DistilDPConfig = self.params
-        res = ctx.dp_synthesize(task.round, p.generator)
+        res = ctx.dp_synthesize(task.round, p.generator, generator_model=self.generator_model(self.exp))
         metrics = {**privacy_metrics(res.epsilon, res.refused), "synthetic/refused": float(res.refused)}
         metrics.update({f"synthetic/{k}": float(v) for k, v in res.stats.items()})
         if res.training is not None:
@@ -166,7 +176,8 @@ class DistilDP(Strategy):
             load_adapter_state(ctx.model, own)
         res = student_distill(ctx, task.round, pool, steps=steps, distill_weight=p.distill_weight,
                               hidden_weight=p.hidden_weight, temperature=p.temperature, tail_bucket=p.tail_bucket,
-                              optimizer_state=ctx.state.optimizer if keep else None, purpose="distildp")
+                              optimizer_state=ctx.state.optimizer if keep else None, purpose="distildp",
+                              kd_reduction=p.kd_reduction)
         ctx.state.optimizer = res.optimizer_state if keep else None
         ctx.state.steps_trained += steps
         ctx.state.rounds_trained += 1

@@ -2,7 +2,7 @@
 and the student's training on the pooled synthetic text with hard labels, soft labels and hidden states.
 
 Teacher side, in the client that owns the private data: `ClientContext.dp_synthesize` DP-trains the client's
-generator once (a LoRA adapter on `privacy.generator_model`, the teacher model; None: the client's SLM),
+generator once (a LoRA adapter on the teacher model, `DistilDP.generator_model`; None: the client's SLM),
 charging the client's ledger, and samples text from it. With the DP adapter loaded, the teacher then reads
 each kept sample and gives, at every token, its top-k next-token distribution and its last layer's hidden
 state. The samples and everything computed from them and the DP model are post-processing of a DP
@@ -12,9 +12,9 @@ point of the text (character edit distance) and, when the vocabularies differ, F
 minimum-edit-distance vocabulary mapping (`estuary.knowledge.alignment`).
 
 Student side: the client's SLM adapter learns only from the pooled synthetic text (never from private data,
-so it carries the teachers' guarantees) with `estuary.client.knowledge_transfer.distill_steps`:
+so it carries the teachers' guarantees) with `estuary.lm.distill.distill_steps`:
 (1-λ)·CE(hard labels) + λ·KL(teacher top-k ‖ student) + β·hidden-state MSE (through a learned projection
-kept in the client's state when the widths differ).
+kept in the client's state when the widths differ; β = 0 by default).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from estuary.client.dp_generator import generator_examples, generator_task
 from estuary.data.task import Example, Task
 from estuary.lm.distill import DistillExample, DistillResult, distill_example, distill_steps
 from estuary.lm.encoding import collate, encode, length_batches, model_device, padding_id
+from estuary.lm.objective import KDReduction
 
 if TYPE_CHECKING:
     from estuary.client.context import ClientContext
@@ -171,8 +172,10 @@ def _projection(ctx: ClientContext, teacher_width: int, seed: int) -> torch.nn.P
 
 def student_distill(ctx: ClientContext, rnd: int, targets: list[TeacherTarget], *, steps: int,
                     distill_weight: float, hidden_weight: float, temperature: float, tail_bucket: bool,
-                    optimizer_state: dict[str, Any] | None, purpose: str) -> DistillResult:
-    """`steps` of the client's adapter on the pooled synthetic samples (hard labels on the completion)."""
+                    optimizer_state: dict[str, Any] | None, purpose: str,
+                    kd_reduction: KDReduction = "token_mean") -> DistillResult:
+    """`steps` of the client's adapter on the pooled synthetic samples (hard labels on the completion; the KL
+    reduced by `kd_reduction`, see `estuary.lm.objective.topk_kl_loss`)."""
     foreign = sorted({t.student_model for t in targets} - {ctx.state.model})
     if foreign:
         raise ValueError(f"client {ctx.client_id} ({ctx.state.model}) got DistilDP targets tokenised for "
@@ -189,7 +192,7 @@ def student_distill(ctx: ClientContext, rnd: int, targets: list[TeacherTarget], 
         ctx.model, ctx.tokenizer, examples, steps=steps, batch_size=tr.batch_size, lr=tr.lr,
         seed=ctx.seed(rnd, purpose), distill_weight=distill_weight, temperature=temperature,
         tail_bucket=tail_bucket, optimizer_state=optimizer_state, weight_decay=tr.weight_decay,
-        hidden_weight=hidden_weight, projection=projection)
+        hidden_weight=hidden_weight, projection=projection, kd_reduction=kd_reduction)
     if projection is not None:
         ctx.state.extra[PROJECTION_KEY] = projection.detach().cpu().clone()
     return result
