@@ -1,18 +1,25 @@
-"""FDKT as the reference runs it: the eligible-samples judge prompt and its answer parser, the all-labels
-augmentation prompts and their reply parser."""
+"""FDKT as the reference runs it: the eligible-samples judge (prompt, answer parser, per-sample keep/drop), k-means
+over all labels with ceil(N/4) clusters, the all-labels augmentation prompts and their reply parser. The LLM is
+faked (the served model is exercised in tests/e2e/test_fdkt.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from estuary.data.datasets import get_task
 from estuary.data.task import Example
+from estuary.knowledge import FilterConfig, filter_examples, llm_sample_judge
 from estuary.knowledge.fdkt_prompts import (
     all_labels_prompts,
     eligible_messages,
     parse_eligible,
     parse_labelled_lines,
 )
+from estuary.knowledge.filtering import SampleVerdict
+from estuary.serve.types import Completion, Sample
 
 SST2 = get_task("sst2")
 POS = ["an utterly delightful film with a great cast", "a moving , beautifully acted story of love",
@@ -78,3 +85,119 @@ def test_parse_labelled_lines_reads_label_text_lines_and_counts_the_rest() -> No
     yelp = get_task("yelp")
     assert parse_labelled_lines(yelp, "5 stars: the best dentist in town\n2 stars: slow and rude")[0] == [
         (4, "the best dentist in town"), (1, "slow and rude")]
+
+
+class FakeLLM:
+    """Answers chat prompts: a judge prompt (it lists samples) gets the next of `judge_answers`, an augmentation
+    prompt the next of `replies`. Records every call."""
+
+    def __init__(self, judge_answers: Sequence[str] = (), replies: Sequence[str] = (), chat: bool = True) -> None:
+        self.judge_answers, self.replies = list(judge_answers), list(replies)
+        self.calls: list[tuple[list[Any], Any]] = []
+        self.chat = chat
+
+    def info(self) -> dict[str, Any]:
+        return {"chat_template": self.chat}
+
+    def generate(self, prompts: Sequence[Any], params: Any = None, adapter: str | None = None,
+                 **kwargs: Any) -> list[Completion]:
+        self.calls.append((list(prompts), params))
+        out = []
+        for i, prompt in enumerate(prompts):
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            pool = self.judge_answers if "eligible samples" in text else self.replies
+            out.append(Completion(index=i, prompt_tokens=1, samples=[Sample(
+                text=pool[i % len(pool)], token_ids=[1], finish_reason="stop")]))
+        return out
+
+
+def _embed(texts: Sequence[str]) -> Any:
+    """Unit vectors in two groups, the NEG texts and the others: within a group cosine 0.8 (no near duplicates),
+    across 0 (k-means with k = 2 splits the groups)."""
+    import numpy as np
+
+    rows = np.zeros((len(texts), 2 + len(texts)), dtype=np.float32)
+    for i, t in enumerate(texts):
+        rows[i, 1 if t in NEG else 0] = 1.0
+        rows[i, 2 + i] = 0.5
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_llm_sample_judge_keeps_and_drops_each_sample_and_counts_unreadable_answers() -> None:
+    """One cluster of 6 judged in parts of 4 and 2: the first answer keeps samples 0 and 2 of its part, the second
+    cannot be read, so its samples are dropped (the reference keeps none) or, with judge_unparsed keep, kept."""
+    examples = [Example(text=t, label=1, uid=f"s/{i}") for i, t in enumerate(POS)] + \
+        [Example(text=t, label=0, uid=f"s/{4 + i}") for i, t in enumerate(NEG[:2])]
+    for unparsed, kept_texts in [("drop", [POS[0], POS[2]]), ("keep", [POS[0], POS[2], NEG[0], NEG[1]])]:
+        llm = FakeLLM(["The eligible samples: 0 2 9", "Sure! Here is my analysis of the samples."])
+        cfg = FilterConfig(near_duplicate=1.0, samples_per_cluster=100, judge_max_listed=4, judge_unparsed=unparsed)
+        res = filter_examples(examples, SST2, cfg, embed=_embed, sample_judge=llm_sample_judge(llm, SST2), seed=0)
+        assert [ex.text for ex in res.kept] == kept_texts
+        assert res.stats["judge_prompts"] == 2 and res.stats["judge_unparsed"] == 1
+        assert res.stats["judge_out_of_range"] == 1  # "9" named no listed sample
+        assert res.stats["judged_out"] == 6 - len(kept_texts) and res.stats["kept"] == len(kept_texts)
+        first, second = res.clusters
+        assert first["kept"] == [True, False, True, False] and first["parsed"] is True
+        assert first["labels"] == [1, 1, 1, 1] and first["uids"] == ["s/0", "s/1", "s/2", "s/3"]
+        assert second["parsed"] is False and second["kept"] == [unparsed == "keep"] * 2
+        assert second["answer"].startswith("Sure!") and {c["scope"] for c in res.clusters} == {"per_sample"}
+        prompts, params = llm.calls[0]
+        assert len(prompts) == 2 and isinstance(prompts[0], list)  # chat messages: the model has a template
+        assert "3.\nText: " + POS[3] in prompts[0][-1]["content"] and params.temperature == 0.0
+
+
+def test_llm_sample_judge_without_a_chat_template_prompts_plainly_and_reads_the_continuation() -> None:
+    llm = FakeLLM([" 1\n"], chat=False)
+    verdicts = llm_sample_judge(llm, SST2)([[(1, POS[0]), (1, POS[1])]])
+    assert verdicts == [SampleVerdict([False, True], "The eligible samples: 1")]
+    prompt = llm.calls[0][0][0]
+    assert isinstance(prompt, str) and prompt.endswith("The eligible samples:")
+
+
+def test_classify_sample_judge_keeps_the_samples_the_llm_labels_as_claimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from estuary.knowledge import llm_eval
+
+    monkeypatch.setattr(llm_eval, "llm_predict", lambda llm, task, examples, adapter=None: [
+        1 if "good" in ex.text else 0 for ex in examples])
+    judge = llm_sample_judge(object(), SST2, mode="classify")  # type: ignore[arg-type]
+    verdicts = judge([[(1, "good one"), (1, "bad two")], [(0, "bad three")]])
+    assert [v.keep for v in verdicts] == [[True, False], [True]]
+    assert verdicts[0].answer == "LLM labels: positive, negative"
+
+
+def test_clusters_span_all_labels_ceil_n_over_4_by_default_and_per_label_is_an_option() -> None:
+    from estuary.knowledge import TextEmbedder
+
+    embed = TextEmbedder("minilm-l6").embed
+    examples = [Example(text=t, label=1) for t in POS] + [Example(text=t, label=0) for t in NEG]
+    seen: list[list[tuple[int, str]]] = []
+
+    def judge(groups: Sequence[Sequence[tuple[int, str]]]) -> list[SampleVerdict]:
+        seen.extend(list(g) for g in groups)
+        return [SampleVerdict([True] * len(g), "all") for g in groups]
+
+    res = filter_examples(examples, SST2, FilterConfig(), embed=embed, sample_judge=judge, seed=0)
+    assert len(seen) == 2 and sum(len(g) for g in seen) == 7 and len(res.kept) == 7  # ceil(7 / 4) clusters
+    seen.clear()
+    per_label = FilterConfig(clustering="per_label", clusters_per_label=1)
+    filter_examples(examples, SST2, per_label, embed=embed, sample_judge=judge, seed=0)
+    assert sorted(sorted({y for y, _ in g}) for g in seen) == [[0], [1]]
+
+
+def test_judge_scope_and_mode_must_fit() -> None:
+    from estuary import registry
+    from estuary.errors import ConfigError
+
+    p = registry.build_params("fdkt", {})
+    assert (p.filter.judge_scope, p.filter.judge_mode, p.filter.clustering, p.filter.samples_per_cluster) == (
+        "per_sample", "eligible", "all_labels", 4)
+    old = registry.build_params("fdkt", {"filter": {"judge_scope": "per_cluster", "judge_mode": "classify",
+                                                    "clustering": "per_label"}})
+    assert old.filter.judge_scope == "per_cluster"
+    with pytest.raises(ConfigError, match="judge_mode eligible does not judge per cluster"):
+        registry.build_params("fdkt", {"filter": {"judge_scope": "per_cluster"}})
+    with pytest.raises(ConfigError, match="use eligible or classify"):
+        registry.build_params("fdkt", {"filter": {"judge_mode": "ask"}})
+    with pytest.raises(ValueError, match="needs a judge"):
+        filter_examples([Example(text=POS[0], label=1)], SST2, FilterConfig(judge_scope="per_cluster",
+                        judge_mode="classify"), embed=_embed, sample_judge=lambda g: [])

@@ -1,6 +1,7 @@
-"""Task data from the server LLM: judging clusters, few-shot augmentation (FDKT), label-conditioned
-generation (CrossLM). Every call goes through the serving deployment's handle, many prompts at once, so
-vLLM's continuous batching (and its prefix cache, for augmentation) does the batching.
+"""Task data from the server LLM: judging clusters or their samples, few-shot augmentation (FDKT),
+label-conditioned generation (CrossLM). Every call goes
+through the serving deployment's handle, many prompts at once, so vLLM's continuous batching (and its prefix
+cache, for augmentation) does the batching.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict
 
 from estuary.data.task import Example, Task
-from estuary.knowledge.filtering import Judge
+from estuary.knowledge.fdkt_prompts import (
+    ELIGIBLE,
+    eligible_messages,
+    parse_eligible,
+    plain_prompt,
+)
+from estuary.knowledge.filtering import Judge, SampleJudge, SampleVerdict
 from estuary.knowledge.prompts import (
     augmentation_prompts,
     generation_prompt,
@@ -38,6 +45,12 @@ class GenerateConfig:
     max_tokens: int = field(default=48, metadata={"help": "New tokens per sample (a sample ends at a newline)."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+
+
+def has_chat_template(llm: Any) -> bool:
+    """Whether the served model renders chat messages (the deployment's info; True when it does not say)."""
+    info = getattr(llm, "info", None)
+    return bool(info().get("chat_template", True)) if callable(info) else True
 
 
 def _params(cfg: GenerateConfig, seed: int) -> Any:
@@ -83,6 +96,49 @@ def llm_judge(llm: LLM, task: Task, *, adapter: str | None = None, mode: str = "
     if mode == "classify" and task.kind != "classification":
         raise ValueError(f"judge mode classify needs a classification task, not {task.name!r}: use ask")
     return classify if mode == "classify" else ask
+
+
+def llm_sample_judge(llm: LLM, task: Task, *, adapter: str | None = None, mode: str = "eligible",
+                     tolerance: int = 0, max_tokens: int = 64) -> SampleJudge:
+    """A `filtering.SampleJudge` backed by the server LLM, all listed groups in one call. `eligible` (the FDKT
+    reference): one prompt per group listing its samples with their labels, answered greedily with 'The
+    eligible samples: i j ...' (`fdkt_prompts.parse_eligible`); chat messages if the model has a chat
+    template, else a plain prompt ending in that phrase. `classify`: the LLM labels every sample (verbalizer
+    log-likelihood, as `llm_classify`); a sample is kept when that label is within `tolerance` of its own."""
+    from estuary.knowledge.llm_eval import llm_predict
+    from estuary.serve.types import GenerationParams
+
+    def classify(groups: Sequence[Sequence[tuple[int, str]]]) -> list[SampleVerdict]:
+        flat = [Example(text=t, label=y) for group in groups for y, t in group]
+        preds = iter(llm_predict(llm, task, flat, adapter=adapter) if flat else [])
+        out = []
+        for group in groups:
+            got = [next(preds) for _ in group]
+            out.append(SampleVerdict([abs(p - y) <= tolerance for p, (y, _) in zip(got, group, strict=True)],
+                                     "LLM labels: " + ", ".join(label_name(task, p) for p in got)))
+        return out
+
+    def eligible(groups: Sequence[Sequence[tuple[int, str]]]) -> list[SampleVerdict]:
+        if not groups:
+            return []
+        chat = has_chat_template(llm)
+        prompts = [eligible_messages(task, g) if chat else plain_prompt(eligible_messages(task, g), ELIGIBLE)
+                   for g in groups]
+        params = GenerationParams(max_tokens=max_tokens, temperature=0.0, n=1, seed=0)
+        answers = [c.text for c in llm.generate(prompts, params, adapter=adapter)]
+        out = []
+        for group, answer in zip(groups, answers, strict=True):
+            answer = answer.strip() if chat else f"{ELIGIBLE} {answer.strip()}"
+            read = parse_eligible(answer, len(group))
+            keep = None if read.indexes is None else [i in read.indexes for i in range(len(group))]
+            out.append(SampleVerdict(keep, answer, read.out_of_range))
+        return out
+
+    if mode not in ("eligible", "classify"):
+        raise ValueError(f"per-sample judge mode {mode!r}: use eligible or classify")
+    if mode == "classify" and task.kind != "classification":
+        raise ValueError(f"judge mode classify needs a classification task, not {task.name!r}: use eligible")
+    return classify if mode == "classify" else eligible
 
 
 def _collect(completions: Sequence[Any], labels: Sequence[int], prefix: str) -> tuple[list[Example], int]:

@@ -5,9 +5,10 @@ Each round has two client phases around the server step:
 1. `synthesize` (clients): each client DP-fine-tunes a generator adapter on its private data (once; later
    rounds sample the same DP model, which costs no further ε) and samples labelled synthetic examples.
    Only these leave the client, on the Egress with their ledger "release" entry.
-2. server: the synthetic samples are filtered (validity, duplicates, k-means clusters per label judged by
-   the LLM); the kept ones become few-shot demonstrations of augmentation prompts the served LLM completes
-   many times; the augmented samples are filtered the same way.
+2. server: the synthetic samples are filtered (validity, duplicates, k-means clusters over all labels; the
+   LLM sees each cluster's samples with their labels and keeps or drops each one); the kept ones become
+   few-shot demonstrations of augmentation prompts the served LLM completes many times; the augmented
+   samples are filtered the same way.
 3. `train` (clients): each client fine-tunes its SLM (LoRA) on its private data plus the augmented data
    (and the kept synthetic samples), then is evaluated.
 
@@ -84,7 +85,7 @@ class FDKT(Strategy):
         return self._embedder.embed(texts)
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
-        from estuary.knowledge import augment, filter_examples, llm_judge
+        from estuary.knowledge import augment, filter_examples
 
         p: FDKTConfig = self.params
         task = server.task
@@ -97,16 +98,15 @@ class FDKT(Strategy):
             self._transfer = []
             return metrics
         llm = server.llm
-        judge = llm_judge(llm, task, adapter=p.server_adapter, mode=p.filter.judge_mode,
-                          agreement=p.filter.judge_agreement, tolerance=p.filter.judge_tolerance)
-        first = filter_examples(synthetic, task, p.filter, embed=self._embed, judge=judge, seed=seed)
+        judges = self._judges(llm, task)
+        first = filter_examples(synthetic, task, p.filter, embed=self._embed, seed=seed, **judges)
         kept_ids = {ex.uid for ex in first.kept}
         server.record("synthetic", [example_row(ex, strategy=self.name, round=rnd, client=ex.uid.split("/")[1],
                                                 kept=ex.uid in kept_ids) for ex in synthetic])
         augmented, gen_stats = augment(llm, task, first.kept, p.augment, seed=seed, adapter=p.server_adapter)
         if p.filter_augmented:
-            second = filter_examples(augmented, task, p.filter, embed=self._embed, judge=judge,
-                                     reference=[ex.text for ex in first.kept], seed=seed + 1)
+            second = filter_examples(augmented, task, p.filter, embed=self._embed,
+                                     reference=[ex.text for ex in first.kept], seed=seed + 1, **judges)
         else:
             second = filter_examples(augmented, task, dataclasses.replace(p.filter, judge=False, near_duplicate=1.0),
                                      embed=self._embed, seed=seed + 1)
@@ -121,6 +121,18 @@ class FDKT(Strategy):
         metrics.update({f"filter/augmented/{k}": float(v) for k, v in second.stats.items()})
         metrics["transfer/examples"] = float(len(self._transfer))
         return metrics
+
+    def _judges(self, llm: Any, task: Any) -> dict[str, Any]:
+        """The LLM judge of `filter.judge_scope`, as `filter_examples`' keyword (`sample_judge` or `judge`)."""
+        from estuary.knowledge import llm_judge, llm_sample_judge
+
+        f = self.params.filter
+        adapter = self.params.server_adapter
+        if f.judge_scope == "per_sample":
+            return {"sample_judge": llm_sample_judge(llm, task, adapter=adapter, mode=f.judge_mode,
+                                                     tolerance=f.judge_tolerance, max_tokens=f.judge_max_tokens)}
+        return {"judge": llm_judge(llm, task, adapter=adapter, mode=f.judge_mode, agreement=f.judge_agreement,
+                                   tolerance=f.judge_tolerance)}
 
     # ------------------------------------------------------------------ phase 3: client training
     def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:

@@ -21,8 +21,9 @@ class FDKTConfig:
                   "client-side filtering and deduplication."})
     filter: FilterConfig = field(
         default_factory=FilterConfig,
-        metadata={"help": "Server filter of the clients' synthetic samples: validity, duplicates, k-means "
-                  "clusters per label judged by the LLM."})
+        metadata={"help": "Server filter of the clients' synthetic samples: validity, duplicates, k-means clusters "
+                  "over all labels judged sample by sample by the LLM (the reference; per-label clusters and "
+                  "per-cluster verdicts are options)."})
     augment: GenerateConfig = field(
         default_factory=GenerateConfig,
         metadata={"help": "LLM augmentation: few-shot prompts per label from the kept samples, samples each."})
