@@ -1,17 +1,25 @@
 """FDKT as the reference runs it: the eligible-samples judge (prompt, answer parser, per-sample keep/drop), k-means
-over all labels with ceil(N/4) clusters, the all-labels augmentation prompts and their reply parser. The LLM is
-faked (the served model is exercised in tests/e2e/test_fdkt.py)."""
+over all labels with ceil(N/4) clusters, all-labels augmentation prompts and their reply parser, the length filter,
+and what clients receive. The LLM is faked (the served model is exercised in tests/e2e/test_fdkt.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from estuary.data.datasets import get_task
 from estuary.data.task import Example
-from estuary.knowledge import FilterConfig, filter_examples, llm_sample_judge
+from estuary.knowledge import (
+    AugmentConfig,
+    FilterConfig,
+    augment_all_labels,
+    filter_examples,
+    length_filter,
+    llm_sample_judge,
+)
 from estuary.knowledge.fdkt_prompts import (
     all_labels_prompts,
     eligible_messages,
@@ -58,33 +66,6 @@ def test_eligible_prompt_lists_every_sample_with_its_label_from_zero() -> None:
     user = messages[1]["content"]
     assert f"0.\nText: {POS[0]}\nLabel: positive.\n" in user and f"1.\nText: {NEG[0]}\nLabel: negative.\n" in user
     assert "The eligible samples:" in user and "no index above 1" in user and SST2.description in user
-
-
-def test_all_labels_prompts_show_one_demonstration_of_every_label_and_cycle_through_them() -> None:
-    demos = [Example(text=f"great movie number {i}", label=1) for i in range(3)] + [Example(text="bad film", label=0)]
-    prompts = all_labels_prompts(SST2, demos, prompts=3, shots_per_label=1, count=8, seed=0)
-    assert len(prompts) == 3 and all([m["role"] for m in p] == ["system", "user"] for p in prompts)
-    shown = [[ln for ln in p[-1]["content"].splitlines() if ln.startswith(("negative: ", "positive: "))]
-             for p in prompts]
-    assert all(len(lines) == 2 and lines[0] == "negative: bad film" for lines in shown)  # every label, in order
-    assert sorted(lines[1] for lines in shown) == [f"positive: great movie number {i}" for i in range(3)]
-    assert "write 8 new examples" in prompts[0][-1]["content"] and "negative, positive" in prompts[0][-1]["content"]
-    assert all_labels_prompts(SST2, demos, 3, 1, 8, seed=0) == prompts  # deterministic
-    assert all_labels_prompts(SST2, [], 3, 1, 8, seed=0) == []
-    only_pos = all_labels_prompts(SST2, demos[:3], 1, 2, 8, seed=0)[0][-1]["content"]
-    assert only_pos.count("positive: great") == 2 and "negative: " not in only_pos
-
-
-def test_parse_labelled_lines_reads_label_text_lines_and_counts_the_rest() -> None:
-    reply = ("Here are 4 new examples:\n1. positive: a great film\n- **Negative**: a dull mess\n"
-             "neutral: meh, it was fine\nPositive: \"wow, just wow\"\n\n******\nLabel: negative: broken\n"
-             "negative:   \n* negative - no colon here\nsentiment: positive: odd but fine")
-    samples, bad = parse_labelled_lines(SST2, reply)
-    assert samples == [(1, "a great film"), (0, "a dull mess"), (1, "wow, just wow")]
-    assert bad == 6  # the preamble, an unknown label, `Label: negative: ...`, an empty text, no colon, `sentiment:`
-    yelp = get_task("yelp")
-    assert parse_labelled_lines(yelp, "5 stars: the best dentist in town\n2 stars: slow and rude")[0] == [
-        (4, "the best dentist in town"), (1, "slow and rude")]
 
 
 class FakeLLM:
@@ -191,6 +172,8 @@ def test_judge_scope_and_mode_must_fit() -> None:
     p = registry.build_params("fdkt", {})
     assert (p.filter.judge_scope, p.filter.judge_mode, p.filter.clustering, p.filter.samples_per_cluster) == (
         "per_sample", "eligible", "all_labels", 4)
+    assert (p.augment_prompt, p.filter_augmented, p.augmented_min_words, p.send_raw_synthetic) == (
+        "all_labels", "length", 10, False)
     old = registry.build_params("fdkt", {"filter": {"judge_scope": "per_cluster", "judge_mode": "classify",
                                                     "clustering": "per_label"}})
     assert old.filter.judge_scope == "per_cluster"
@@ -201,3 +184,82 @@ def test_judge_scope_and_mode_must_fit() -> None:
     with pytest.raises(ValueError, match="needs a judge"):
         filter_examples([Example(text=POS[0], label=1)], SST2, FilterConfig(judge_scope="per_cluster",
                         judge_mode="classify"), embed=_embed, sample_judge=lambda g: [])
+
+
+def test_all_labels_prompts_show_one_demonstration_of_every_label_and_cycle_through_them() -> None:
+    demos = [Example(text=f"great movie number {i}", label=1) for i in range(3)] + [Example(text="bad film", label=0)]
+    prompts = all_labels_prompts(SST2, demos, prompts=3, shots_per_label=1, count=8, seed=0)
+    assert len(prompts) == 3 and all([m["role"] for m in p] == ["system", "user"] for p in prompts)
+    shown = [[ln for ln in p[-1]["content"].splitlines() if ln.startswith(("negative: ", "positive: "))]
+             for p in prompts]
+    assert all(len(lines) == 2 and lines[0] == "negative: bad film" for lines in shown)  # every label, in order
+    assert sorted(lines[1] for lines in shown) == [f"positive: great movie number {i}" for i in range(3)]
+    assert "write 8 new examples" in prompts[0][-1]["content"] and "negative, positive" in prompts[0][-1]["content"]
+    assert all_labels_prompts(SST2, demos, 3, 1, 8, seed=0) == prompts  # deterministic
+    assert all_labels_prompts(SST2, [], 3, 1, 8, seed=0) == []
+    only_pos = all_labels_prompts(SST2, demos[:3], 1, 2, 8, seed=0)[0][-1]["content"]
+    assert only_pos.count("positive: great") == 2 and "negative: " not in only_pos
+
+
+def test_parse_labelled_lines_reads_label_text_lines_and_counts_the_rest() -> None:
+    reply = ("Here are 4 new examples:\n1. positive: a great film\n- **Negative**: a dull mess\n"
+             "neutral: meh, it was fine\nPositive: \"wow, just wow\"\n\n******\nLabel: negative: broken\n"
+             "negative:   \n* negative - no colon here\nsentiment: positive: odd but fine")
+    samples, bad = parse_labelled_lines(SST2, reply)
+    assert samples == [(1, "a great film"), (0, "a dull mess"), (1, "wow, just wow")]
+    assert bad == 6  # the preamble, an unknown label, `Label: negative: ...`, an empty text, no colon, `sentiment:`
+    yelp = get_task("yelp")
+    assert parse_labelled_lines(yelp, "5 stars: the best dentist in town\n2 stars: slow and rude")[0] == [
+        (4, "the best dentist in town"), (1, "slow and rude")]
+
+
+def test_augment_all_labels_asks_for_labelled_samples_in_one_reply_per_prompt() -> None:
+    reply = "positive: a lovely little film about growing up\nnegative: a tedious slog\nnot a sample at all"
+    llm = FakeLLM(replies=[reply])
+    demos = [Example(text="good film here", label=1), Example(text="bad film here", label=0)]
+    cfg = AugmentConfig(prompts=3, samples_per_reply=5, max_tokens=40, temperature=0.8)
+    out, stats = augment_all_labels(llm, SST2, demos, cfg, seed=2)
+    assert stats == {"prompts": 3, "generated": 9, "malformed": 3}
+    assert [(ex.label, ex.text) for ex in out[:2]] == [(1, "a lovely little film about growing up"),
+                                                        (0, "a tedious slog")]
+    assert len({ex.uid for ex in out}) == 6
+    params = llm.calls[0][1]
+    assert (params.max_tokens, params.n, params.temperature, params.stop) == (200, 1, 0.8, ())
+    assert augment_all_labels(llm, SST2, [], cfg, seed=2) == ([], {"prompts": 0, "generated": 0, "malformed": 0})
+
+
+def test_length_filter_drops_only_short_texts() -> None:
+    texts = ["one two three four five six seven eight nine ten", "too short to keep", POS[0], POS[0]]
+    res = length_filter([Example(text=t, label=1) for t in texts], 10)
+    assert [ex.text for ex in res.kept] == [texts[0]]  # POS[0] has 8 words; duplicates are not this filter's
+    assert res.stats["input"] == 4 and res.stats["invalid"] == 3 and res.stats["kept"] == 1
+
+
+@pytest.mark.parametrize("send_raw", [False, True])
+def test_fdkt_server_step_sends_the_augmented_samples_and_raw_ones_only_on_request(send_raw: bool) -> None:
+    """The whole server step with a fake LLM: per-sample judge keeps 0 and 1 of every listed group, the
+    all-labels replies give two long samples and one short one; clients get the long augmented samples, plus
+    the kept DP samples only with send_raw_synthetic."""
+    from estuary.platform.loading import load_config
+    from estuary.registry import build_params, get
+
+    cfg = load_config("jobs/fdkt-sst2.yaml", [f"method_params.send_raw_synthetic={str(send_raw).lower()}"])
+    strategy = get("fdkt")(cfg, build_params("fdkt", cfg.params_of("fdkt")))
+    strategy._embed = _embed  # type: ignore[method-assign]
+    long_pos = "a warm and clever film that earns every one of its laughs"
+    long_neg = "a tired and clumsy film that wastes every one of its good actors"
+    llm = FakeLLM(["The eligible samples: 0 1"], [f"positive: {long_pos}\nnegative: {long_neg}\npositive: short"])
+    records: dict[str, list[dict[str, Any]]] = {}
+    server = SimpleNamespace(task=SST2, llm=llm, log=print,
+                             record=lambda name, rows: records.setdefault(name, []).extend(rows))
+    synthetic = [Example(text=t, label=1, uid=f"synthetic/c000/r1/1/{i}") for i, t in enumerate(POS)] + \
+        [Example(text=t, label=0, uid=f"synthetic/c001/r1/0/{i}") for i, t in enumerate(NEG)]
+    metrics = strategy.server_step(1, {"synthetic": synthetic, "refused": []}, server)  # type: ignore[arg-type]
+    kept = [r for r in records["synthetic"] if r["kept"]]
+    assert metrics["filter/synthetic/judge_prompts"] == 2 == len(records["clusters"])  # ceil(7 / 4) clusters
+    assert len(kept) == metrics["filter/synthetic/kept"] == 4 and metrics["filter/augmented/invalid"] > 0
+    augmented = {ex.text for ex in strategy._transfer if ex.uid.startswith("augmented/")}
+    assert augmented == {long_pos, long_neg} and metrics["augment/prompts"] == strategy.params.augment.prompts
+    raw = [ex for ex in strategy._transfer if ex.uid.startswith("synthetic/")]
+    assert len(raw) == (4 if send_raw else 0)
+    assert metrics["transfer/examples"] == len(strategy._transfer)

@@ -11,6 +11,8 @@ Steps, each counted in `FilterResult.stats`:
    (at most `judge_max_listed` per prompt) and every sample is kept or dropped on its own;
    `per_cluster`: the LLM sees up to `judge_examples` texts of each cluster and label (those nearest its
    centre) and judges whether the cluster fits its label; a rejected cluster's samples are all dropped.
+
+`length_filter` is the reference's only filter of the LLM's augmented samples: texts under a word count go.
 """
 
 from __future__ import annotations
@@ -269,3 +271,11 @@ def filter_examples(
     stats["kept"] = len(kept)
     return FilterResult(kept=kept, stats=stats, clusters=clusters)
 
+
+def length_filter(examples: Sequence[Example], min_words: int) -> FilterResult:
+    """The reference's filter of the LLM's augmented samples: texts of fewer than `min_words` words are
+    dropped (counted as invalid), nothing else."""
+    kept = [ex for ex in examples if len(ex.text.split()) >= min_words]
+    stats = {**dict.fromkeys(STAGES, 0), "input": len(examples), "invalid": len(examples) - len(kept),
+             "kept": len(kept)}
+    return FilterResult(kept=kept, stats=stats)

@@ -1,5 +1,5 @@
-"""Task data from the server LLM: judging clusters or their samples, few-shot augmentation (FDKT),
-label-conditioned generation (CrossLM). Every call goes
+"""Task data from the server LLM: judging clusters or their samples, few-shot augmentation (FDKT: all-labels
+prompts as the reference, or one-label prompts), label-conditioned generation (CrossLM). Every call goes
 through the serving deployment's handle, many prompts at once, so vLLM's continuous batching (and its prefix
 cache, for augmentation) does the batching.
 """
@@ -15,8 +15,10 @@ from pydantic import ConfigDict
 from estuary.data.task import Example, Task
 from estuary.knowledge.fdkt_prompts import (
     ELIGIBLE,
+    all_labels_prompts,
     eligible_messages,
     parse_eligible,
+    parse_labelled_lines,
     plain_prompt,
 )
 from estuary.knowledge.filtering import Judge, SampleJudge, SampleVerdict
@@ -45,6 +47,21 @@ class GenerateConfig:
     max_tokens: int = field(default=48, metadata={"help": "New tokens per sample (a sample ends at a newline)."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+
+
+@dataclass(frozen=True)
+class AugmentConfig(GenerateConfig):
+    """FDKT's augmentation: the all-labels prompts' sizes beside the one-label prompts' (GenerateConfig)."""
+
+    prompts: int = field(
+        default=16, metadata={"help": "all_labels prompts per round, each with its own demonstrations and one "
+                                      "reply (the reference: 200 in its example, 20,000 in the paper)."})
+    shots_per_label: int = field(
+        default=1, metadata={"help": "all_labels prompts: demonstrations of every label per prompt (the "
+                                     "reference's example config: 1)."})
+    samples_per_reply: int = field(
+        default=8, metadata={"help": "all_labels prompts: new labelled samples the LLM is asked to write per "
+                                     "reply; a reply may run to max_tokens × this many tokens."})
 
 
 def has_chat_template(llm: Any) -> bool:
@@ -167,6 +184,33 @@ def augment(llm: LLM, task: Task, demos: Sequence[Example], cfg: GenerateConfig,
         return [], {"prompts": 0, "generated": 0, "malformed": 0}
     completions = llm.generate(prompts, _params(cfg, seed), adapter=adapter, progress=progress)
     out, malformed = _collect(completions, labels, f"augmented/r{seed}")
+    return out, {"prompts": len(prompts), "generated": len(out) + malformed, "malformed": malformed}
+
+
+def augment_all_labels(llm: LLM, task: Task, demos: Sequence[Example], cfg: AugmentConfig, *, seed: int,
+                       adapter: str | None = None, progress: bool | None = None
+                       ) -> tuple[list[Example], dict[str, int]]:
+    """FDKT augmentation as the reference: `cfg.prompts` prompts, each with `shots_per_label` demonstrations of
+    every label, one reply each (up to max_tokens × samples_per_reply tokens) in which the LLM writes and
+    labels `samples_per_reply` new samples, one `label: text` per line; lines that are not such a sample are
+    counted as malformed and dropped."""
+    from estuary.serve.types import GenerationParams
+
+    messages = all_labels_prompts(task, demos, cfg.prompts, cfg.shots_per_label, cfg.samples_per_reply, seed)
+    if not messages:
+        return [], {"prompts": 0, "generated": 0, "malformed": 0}
+    chat = has_chat_template(llm)
+    prompts: list[Any] = messages if chat else [plain_prompt(m) for m in messages]
+    params = GenerationParams(max_tokens=cfg.max_tokens * cfg.samples_per_reply, temperature=cfg.temperature,
+                              top_p=cfg.top_p, n=1, seed=seed)
+    out: list[Example] = []
+    malformed = 0
+    for completion in llm.generate(prompts, params, adapter=adapter, progress=progress):
+        for sample in completion.samples:
+            pairs, bad = parse_labelled_lines(task, sample.text)
+            malformed += bad
+            out += [Example(text=text, label=label, uid=f"augmented/r{seed}/{len(out) + i}")
+                    for i, (label, text) in enumerate(pairs)]
     return out, {"prompts": len(prompts), "generated": len(out) + malformed, "malformed": malformed}
 
 
