@@ -51,8 +51,11 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig(GenerateConfig):
-    """FDKT's augmentation: the all-labels prompts' sizes beside the one-label prompts' (GenerateConfig)."""
+    """FDKT's augmentation: the all-labels prompts' sizes beside the one-label prompts' (GenerateConfig), and
+    the reference's sampling (T = 0.8, top-p 0.9) for both."""
 
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (the reference's 0.8)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (the reference's 0.9)."})
     prompts: int = field(
         default=16, metadata={"help": "all_labels prompts per round, each with its own demonstrations and one "
                                       "reply (the reference: 200 in its example, 20,000 in the paper)."})
