@@ -9,8 +9,11 @@ Per round:
   `calibration: prior` (default) the probabilities are first corrected for the client's own label prior
   (its mean prediction over the round's samples), so a label-skewed client still ranks minority-label samples.
 - server: scores are aggregated across clients (mean probability and agreement fraction); the samples
-  passing both thresholds are selected. The LLM is fine-tuned (Ray Train + DeepSpeed, LoRA): a fresh adapter
-  on every sample selected so far, or with `llm_continue` the live adapter on this round's selection. The
+  passing both thresholds are selected. The LLM is fine-tuned (Ray Train + DeepSpeed, LoRA) on them as
+  generation records (label prompt → sample) and, as the paper trains both sides on the selected data, as
+  task records (the sample's task prompt → its label word; `llm_task_records: false` leaves these out): a
+  fresh adapter on every sample selected so far, or with `llm_continue` the live adapter on this round's
+  selection. The
   adapter is published as the next live version, which the next round generates with. The LLM is evaluated
   on the task (through the deployment, that version) and on a general text set (perplexity).
 - phase 2 `train` (clients): each client trains on private + selected data and is evaluated.
