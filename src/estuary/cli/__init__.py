@@ -52,7 +52,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             table.add_row(key, repr(node), help_text)
         _console(stderr=False).print(table)
     print(f"{args.job}: ok — method {cfg.method}, baselines {cfg.baselines}, {cfg.clients.count} clients "
-          f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task}")
+          f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task_name}")
     return 0
 
 

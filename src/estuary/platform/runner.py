@@ -71,7 +71,7 @@ def run_experiment(
             "run_id": run_dir.name,
             "name": cfg.name,
             "method": cfg.method,
-            "task": cfg.data.task,
+            "task": cfg.data.task_name,
             "task_kind": data.task.kind,
             "seed": cfg.seed,
             "clients": cfg.clients.count,
