@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -97,8 +98,7 @@ class Carve(_Part):
 class TaskCard(_Part):
     """One task: where its data is, which columns hold what, its labels and its prompt."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                      description="Task name: the run's task label and the prefix of every example uid.")
+    name: str = Field(description="Task name: the run's task label and the prefix of every example uid.")
     kind: TaskKind = Field(description="classification (a label per example) or generation (a target or text).")
     source: SourceSpec = Field(description="Where the data is: a file, a folder or a hub id.")
     splits: dict[Literal["train", "eval", "test"], str] = Field(
@@ -127,6 +127,13 @@ class TaskCard(_Part):
         "group is kept ({domain: 'Business Category: (.+)'}).")
     carve: Carve = Field(default_factory=Carve, description="How missing eval/test splits are carved from train.")
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _plain_name(cls, v: Any) -> Any:
+        if isinstance(v, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (the name starts every example uid)")
+        return v
+
     @field_validator("labels", mode="before")
     @classmethod
     def _no_yaml_booleans(cls, v: Any) -> Any:
@@ -147,7 +154,7 @@ class TaskCard(_Part):
             if len(set(words)) != len(words):
                 raise ValueError(f"labels: two labels share a verbalizer word ({', '.join(map(repr, words))})")
             if self.label_names is not None and len(self.label_names) != len(words):
-                raise ValueError(f"label_names has {len(self.label_names)} names for {len(words)} labels")
+                raise ValueError(f"label_names: {len(self.label_names)} names for {len(words)} labels; one per label")
         elif self.labels is not None or self.label_names is not None or self.columns.label is not None:
             raise ValueError("labels: a generation task has no labels; remove labels and columns.label (or use "
                              "kind: classification)")
@@ -245,6 +252,9 @@ def card_error(err: ValidationError, where: str) -> str:
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}" if known else ""
         return f"{field}: unknown key — {hint}".rstrip(" —")
     msg = str(e["msg"]).removeprefix("Value error, ")
+    inner = re.match(r"([a-z_]+(?:\.[a-z_]+)*): (.*)", msg)  # "columns.label: ..." from a card-wide check
+    if inner is not None and inner.group(1).split(".")[0] in TaskCard.model_fields:
+        return f"{field}.{inner.group(1)}: {inner.group(2)}"
     got = e.get("input")
     return f"{field}: {msg}" + ("" if isinstance(got, dict | list) or got is None else f" (got {got!r})")
 

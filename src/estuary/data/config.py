@@ -62,7 +62,9 @@ class DataConfig(BaseModel):
     train_size: int | None = Field(
         None, ge=1, description="Subsample of the train split shared by all clients (None = all)."
     )
-    test_size: int | None = Field(200, ge=1, description="Global held-out test examples (None = all).")
+    test_size: int | None = Field(
+        200, ge=1, description="Global held-out test examples, at most (a smaller test split is kept whole; "
+        "None = all).")
     client_eval_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of each client's shard kept as its own eval split."
     )

@@ -138,3 +138,14 @@ def load_splits(
         source_rows={s.name: len(s.rows) for s in source.splits.values()},
         carved=tuple(missing),
     )
+
+
+def load_job_splits(task: TaskRef, root: Path | None, seed: int, train_size: int | None,
+                    test_size: int | None) -> Splits:
+    """The splits a run uses: `train_size` examples of train (an error if it has fewer), at most `test_size`
+    of test (data.test_size's default, 200, is a cap: a small data set keeps all its test examples)."""
+    splits = load_splits(task, root=root, seed=seed, train_size=train_size)
+    if test_size is not None:
+        purpose = f"subsample/{splits.task.name}/test_size"  # as load_splits(test_size=...) draws it
+        splits.test = stratified_sample(splits.test, test_size, seed=seed, purpose=purpose)
+    return splits

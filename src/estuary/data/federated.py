@@ -62,12 +62,12 @@ def build_federated_data(data_cfg_json: str, num_clients: int, seed: int) -> Fed
 @functools.lru_cache(maxsize=4)
 def _build(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
     from .config import DataConfig
-    from .datasets import find_data_root, load_splits, stratified_sample
+    from .datasets import find_data_root, load_job_splits, stratified_sample
     from .partition import client_splits, partition
 
     cfg = DataConfig.model_validate_json(data_cfg_json)
     root = find_data_root(cfg.root) if cfg.root else None
-    splits = load_splits(cfg.task, root=root, seed=seed, train_size=cfg.train_size, test_size=cfg.test_size)
+    splits = load_job_splits(cfg.task, root, seed, cfg.train_size, cfg.test_size)
     need = num_clients * cfg.min_client_size
     if len(splits.train) < need:
         raise DataError(
