@@ -269,3 +269,24 @@ def test_partition_must_fit_the_card(tmp_path: Path) -> None:
     assert DataConfig(task=gen).partition == "iid"  # no labels to skew: iid unless the job says otherwise
     with pytest.raises(ValidationError, match=r"partition 'dirichlet' skews labels; task qa is a generation task"):
         DataConfig(task=gen, partition="dirichlet")
+
+
+def test_readme_documents_every_card_field() -> None:
+    from pydantic import BaseModel
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Your own data", 1)[1].split("\n## ", 1)[0]
+
+    def fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                out += fields(ann, f"{prefix}{name}.")
+            else:
+                out.append(prefix + name)
+            assert info.description, prefix + name  # help text on every field
+        return out
+
+    missing = [f for f in fields(TaskCard) if f"`{f}`" not in section]
+    assert not missing, missing
