@@ -138,6 +138,17 @@ def test_text_columns_join_extract_and_news_cleaning(tmp_path: Path) -> None:
     assert by_uid["n/n/0"].text == "Wins $10. team 's <b> day" and by_uid["n/n/0"].domain == "A"
     assert by_uid["n/n/1"].text == "Ends." and by_uid["n/n/1"].label == 1
     assert s.task.label_names == ("one", "two") and s.task.template == "Text: {text}\nAnswer:"
+    assert parse_card(json.loads(card.model_dump_json())).to_task() == s.task  # the JSON a worker gets
+
+
+def test_integer_labels_read_as_floats(tmp_path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"t": [f"x{i}" for i in range(20)], "y": [float(i % 2) for i in range(20)]}).to_parquet(
+        tmp_path / "f.parquet")
+    card = parse_card({"name": "f", "kind": "classification", "source": {"path": str(tmp_path / "f.parquet")},
+                       "columns": {"text": "t", "label": "y"}, "labels": {0: " zero", 1: " one"}})
+    assert {e.label for e in load_splits(card).train} == {0, 1}
 
 
 def test_every_partition_on_a_user_task(tmp_path: Path) -> None:
@@ -234,6 +245,7 @@ def test_bad_input_is_one_line(tmp_path: Path, over: dict[str, Any], expected: s
     ({"labelz": []}, r"data\.task\.labelz: unknown key — did you mean 'labels'\?"),
     ({"labels": {True: " yes", False: " no"}}, r"data\.task\.labels: YAML read a label yes/no/on/off as a boolean"),
     ({"labels": ["yes"]}, r"data\.task\.labels: a classification task needs 2 or more labels"),
+    ({"labels": {1: " a", "1": " b"}}, r"data\.task\.labels: a value is listed twice \(1, 1\)"),
     ({"kind": "generation"}, r"data\.task\.labels: a generation task has no labels"),
     ({"source": {"path": "a.csv", "hf": "org/name"}}, r"data\.task\.source: .*exactly one of source\.path"),
     ({"kind": "regression"}, r"data\.task\.kind: Input should be 'classification' or 'generation'"),

@@ -150,7 +150,9 @@ class TaskCard(_Part):
             if not self.labels or len(self.labels) < 2:
                 raise ValueError("labels: a classification task needs 2 or more labels, e.g. {\"yes\": \" yes\", "
                                  "\"no\": \" no\"} or [negative, positive]")
-            words = self.label_words()
+            keys, words = self.label_keys(), self.label_words()
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"labels: a value is listed twice ({', '.join(keys)})")
             if len(set(words)) != len(words):
                 raise ValueError(f"labels: two labels share a verbalizer word ({', '.join(map(repr, words))})")
             if self.label_names is not None and len(self.label_names) != len(words):
@@ -206,7 +208,7 @@ class TaskCard(_Part):
     def names_of_labels(self) -> list[str]:
         if self.label_names is not None:
             return list(self.label_names)
-        if isinstance(self.labels, dict) and all(isinstance(k, int) for k in self.labels):
+        if isinstance(self.labels, dict) and all(k.lstrip("-").isdigit() for k in self.label_keys()):
             return [w.strip() for w in self.label_words()]
         return self.label_keys()
 

@@ -85,10 +85,12 @@ def _histogram(report: DataReport) -> Table | None:
 
 def _clients(report: DataReport) -> Table:
     fd = report.federated
-    table = Table("client", "train", "eval", "train labels", "train domains",
+    domains = any(e.domain is not None for cd in fd.clients.values() for e in cd.train)
+    table = Table("client", "train", "eval", "train labels", *(["train domains"] if domains else []),
                   title=f"client shards ({len(fd.clients)} clients, partition {report.cfg.partition})")
     for cid, cd in fd.clients.items():
-        table.add_row(cid, str(len(cd.train)), str(len(cd.eval)), _mix(fd.task, cd.train), _domains(cd.train))
+        row = [cid, str(len(cd.train)), str(len(cd.eval)), _mix(fd.task, cd.train)]
+        table.add_row(*row, *([_domains(cd.train)] if domains else []))
     return table
 
 

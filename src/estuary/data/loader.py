@@ -68,6 +68,8 @@ class _Mapper:
         return text
 
     def label(self, row: int, raw: Any) -> int:
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)  # an integer column read as float (pandas, when a cell was empty)
         value = self.value("label", row, raw).strip()
         if value in self.index:
             return self.index[value]
