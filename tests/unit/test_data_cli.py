@@ -32,8 +32,9 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_data_command_shows_the_resolved_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["data", str(user_job(tmp_path))]) == 0
+    assert main(["data", str(user_job(tmp_path, subject="a question [with brackets]"))]) == 0
     out = capsys.readouterr().out
+    assert "a question [with brackets]" in out  # data, not rich markup
     assert "medqa.csv (csv)" in out and "train 60" in out  # source and its rows
     assert "train 42, eval 6, test 12; carved from train: eval, test" in out
     assert "labels per split" in out and "maybe" in out

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import DataConfig
@@ -52,23 +53,28 @@ def _domains(examples: Sequence[Example], top: int = 2) -> str:
     return shown + (f"  +{len(counts) - top} more" if len(counts) > top else "") if counts else "—"
 
 
+def _row(table: Table, *cells: object) -> None:
+    """Cells are data, not rich markup (a subject's `key[value]` stays as written)."""
+    table.add_row(*(escape(str(c)) for c in cells))
+
+
 def _task_table(report: DataReport) -> Table:
     cfg, s = report.cfg, report.splits
     card = cfg.card()
     table = Table("field", "value", title="task card", show_header=False)
-    table.add_row("task", s.task.name)
-    table.add_row("kind", s.task.kind)
-    table.add_row("source", s.origin)
-    table.add_row("source rows", ", ".join(f"{k} {v}" for k, v in s.source_rows.items()))
+    _row(table, "task", s.task.name)
+    _row(table, "kind", s.task.kind)
+    _row(table, "source", s.origin)
+    _row(table, "source rows", ", ".join(f"{k} {v}" for k, v in s.source_rows.items()))
     carved = f"; carved from train: {', '.join(s.carved)}" if s.carved else ""
-    table.add_row("splits", ", ".join(f"{k} {v}" for k, v in s.sizes().items()) + carved)
-    table.add_row("columns", ", ".join(f"{r}={v}" for r, v in card.columns.model_dump().items() if v is not None))
+    _row(table, "splits", ", ".join(f"{k} {v}" for k, v in s.sizes().items()) + carved)
+    _row(table, "columns", ", ".join(f"{r}={v}" for r, v in card.columns.model_dump().items() if v is not None))
     if s.task.kind == "classification":
         words = ", ".join(f"{n} →{w!r}" for n, w in zip(s.task.label_names, s.task.label_words, strict=True))
-        table.add_row("labels", words)
-    table.add_row("description", s.task.description)
-    table.add_row("subject", s.task.extra.get("subject", "— (none: DP generator prompts have no subject line)"))
-    table.add_row("partition", f"{cfg.partition}" + (f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""))
+        _row(table, "labels", words)
+    _row(table, "description", s.task.description)
+    _row(table, "subject", s.task.extra.get("subject", "— (none: DP generator prompts have no subject line)"))
+    _row(table, "partition", f"{cfg.partition}" + (f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""))
     return table
 
 
@@ -79,7 +85,7 @@ def _histogram(report: DataReport) -> Table | None:
     table = Table("split", *task.label_names, title="labels per split")
     for name, examples in (("train", s.train), ("eval", s.eval), ("test", s.test)):
         counts = Counter(e.label for e in examples)
-        table.add_row(name, *(str(counts.get(i, 0)) for i in range(task.num_labels)))
+        _row(table, name, *(str(counts.get(i, 0)) for i in range(task.num_labels)))
     return table
 
 
@@ -90,7 +96,7 @@ def _clients(report: DataReport) -> Table:
                   title=f"client shards ({len(fd.clients)} clients, partition {report.cfg.partition})")
     for cid, cd in fd.clients.items():
         row = [cid, str(len(cd.train)), str(len(cd.eval)), _mix(fd.task, cd.train)]
-        table.add_row(*row, *([_domains(cd.train)] if domains else []))
+        _row(table, *row, *([_domains(cd.train)] if domains else []))
     return table
 
 
