@@ -12,7 +12,7 @@ import pytest
 
 from estuary.data import TaskCard, load_splits
 from estuary.data.card import parse_card
-from estuary.data.config import DataConfig
+from estuary.data.data_config import DataConfig
 from estuary.data.federated import build_federated_data
 from estuary.errors import DataError
 
@@ -302,3 +302,12 @@ def test_readme_documents_every_card_field() -> None:
 
     missing = [f for f in fields(TaskCard) if f"`{f}`" not in section]
     assert not missing, missing
+
+
+def test_datasets_cache_lives_in_the_estuary_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from estuary.data.source import cache_dir
+    from estuary.models import cache_dir as estuary_cache
+
+    assert cache_dir() == estuary_cache() / "datasets"
+    monkeypatch.setenv("ESTUARY_CACHE", str(tmp_path))
+    assert cache_dir() == estuary_cache() / "datasets" == tmp_path / "datasets"

@@ -16,7 +16,7 @@ from estuary.config.clients import ClientsConfig
 from estuary.config.faults import FaultsConfig
 from estuary.config.privacy import PrivacyConfig
 from estuary.config.section import Section
-from estuary.data.config import DataConfig
+from estuary.data.data_config import DataConfig
 from estuary.lm.lora import LoraConfig
 from estuary.serve.config import ServerConfig
 

@@ -2,7 +2,7 @@
 built-in sources and README "Your own data" for cards)."""
 
 from .card import TaskCard, builtin_names
-from .config import DataConfig
+from .data_config import DataConfig
 from .datasets import TASKS, Splits, find_data_root, get_card, get_task, load_splits, stratified_sample
 from .partition import SCHEMES, client_splits, label_entropy, label_histogram, partition
 from .task import Example, Task, TaskKind

@@ -61,7 +61,7 @@ def build_federated_data(data_cfg_json: str, num_clients: int, seed: int) -> Fed
 
 @functools.lru_cache(maxsize=4)
 def _build(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
-    from .config import DataConfig
+    from .data_config import DataConfig
     from .datasets import find_data_root, load_job_splits, stratified_sample
     from .partition import client_splits, partition
 

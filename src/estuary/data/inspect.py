@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import DataConfig
+from .data_config import DataConfig
 from .datasets import Splits, find_data_root, load_job_splits
 from .federated import FederatedData, build_federated_data
 from .task import Example, Task

@@ -58,10 +58,19 @@ def _split_name(path: Path) -> str:
     return path.name.split(".")[0]
 
 
-def _cache_dir() -> str:
-    from estuary.models import cache_dir
+def cache_dir() -> Path:
+    """Where `datasets` keeps its Arrow tables: `<Estuary cache>/datasets`, the Estuary cache being
+    `$ESTUARY_CACHE` or the platform's user cache folder (as `estuary.models.cache_dir`, a sibling layer)."""
+    env = os.environ.get("ESTUARY_CACHE")
+    if env:
+        return Path(env).expanduser().resolve() / "datasets"
+    from platformdirs import user_cache_dir
 
-    return str(cache_dir() / "datasets")
+    return Path(user_cache_dir("estuary", appauthor=False)) / "datasets"
+
+
+def _cache_dir() -> str:
+    return str(cache_dir())
 
 
 def _quiet_datasets() -> Any:
