@@ -11,7 +11,7 @@ import pytest
 
 from estuary.data import find_data_root
 from estuary.models import is_prepared
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("ray_session")]

@@ -165,7 +165,7 @@ def test_every_partition_on_a_user_task(tmp_path: Path) -> None:
 
 
 def test_card_file_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from estuary.platform.config import load_config
+    from estuary.platform.loading import load_config
 
     write_csv(tmp_path / "proj" / "data" / "medqa.csv", medqa_rows())
     card = medqa_card(Path("data/medqa.csv"))
