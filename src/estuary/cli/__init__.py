@@ -39,11 +39,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from estuary.data.inspect import check_data
     from estuary.platform.loading import explain, load_config
     from estuary.platform.preflight import check_delta
+    from estuary.platform.runner import check_models
 
     cfg = load_config(args.job, args.set)
+    check_data(cfg.data, cfg.clients.count, cfg.seed)  # the task loads and every client gets its shard
     check_delta(cfg)  # δ against each client's data size (the shards are built from the seed, no Ray)
+    check_models(cfg)
     if args.explain:
         table = Table("key", "value", "help")
         values = cfg.model_dump(mode="json")
@@ -54,8 +58,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             table.add_row(key, repr(node), help_text)
         _console(stderr=False).print(table)
     print(f"{args.job}: ok — method {cfg.method}, baselines {cfg.baselines}, {cfg.clients.count} clients "
-          f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task}")
+          f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task_name}")
     return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from estuary.data.inspect import data_command
+    from estuary.platform.loading import load_config
+
+    cfg = load_config(args.job, args.set)
+    return data_command(cfg.data, cfg.clients.count, cfg.seed, _console(stderr=False), examples=args.examples)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -150,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(val)
     val.add_argument("--explain", action="store_true", help="print every field with its value and help")
     val.set_defaults(fn=_cmd_validate)
+
+    dat = sub.add_parser("data", help="show the job's task before training: source, splits, labels, prompts, "
+                         "client shards")
+    job_args(dat)
+    dat.add_argument("--examples", type=int, default=3, help="rendered prompts to show (default 3)")
+    dat.set_defaults(fn=_cmd_data)
 
     rep = sub.add_parser("report", help="print the results table (mean ± std over several runs) and plots")
     rep.add_argument("run_dirs", nargs="+")

@@ -16,6 +16,7 @@ from estuary.config.clients import ClientsConfig
 from estuary.config.faults import FaultsConfig
 from estuary.config.privacy import PrivacyConfig
 from estuary.config.section import Section
+from estuary.data.data_config import DataConfig
 from estuary.lm.lora import LoraConfig
 from estuary.serve.config import ServerConfig
 
@@ -33,24 +34,6 @@ class ModelsConfig(Section):
 
     def for_client(self, index: int) -> str:
         return self.per_client.get(index, self._group_models.get(index, self.client))
-
-
-class DataConfig(Section):
-    task: str = Field("sst2", description="Task name: sst2, agnews, rte, yelp, yelp-gen, e2e.")
-    root: str | None = Field(None, description="Data root; default $ESTUARY_DATA or ../shared/data.")
-    partition: Literal["iid", "dirichlet", "domain"] = Field(
-        "dirichlet", description="How the train split is spread over clients."
-    )
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more label skew).")
-    train_size: int | None = Field(
-        None, ge=1, description="Subsample of the train split shared by all clients (None = all)."
-    )
-    test_size: int | None = Field(200, ge=1, description="Global held-out test examples (None = all).")
-    client_eval_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of each client's shard kept as its own eval split."
-    )
-    client_eval_max: int = Field(50, ge=1, description="Cap on each client's eval split.")
-    min_client_size: int = Field(4, ge=1, description="Smallest shard a client may get.")
 
 
 class TrainingConfig(Section):

