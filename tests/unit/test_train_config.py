@@ -111,8 +111,8 @@ def test_init_adapter_must_be_a_peft_folder_of_the_jobs_shape(tmp_path: Path) ->
     from estuary.train.checks import check_init_adapter
 
     with pytest.raises(ConfigError, match=r"^train.init_adapter: .* has no adapter_config.json; give a PEFT"):
-        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))
+        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)), ["q_proj", "v_proj"])
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["v_proj", "q_proj"]}))
     with pytest.raises(ConfigError, match=r"has r=16, targets \['q_proj', 'v_proj'\]; the job has train.lora r=8"):
-        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))
-    check_init_adapter(TrainConfig(init_adapter=str(tmp_path), lora={"r": 16}))  # same rank, targets in any order
+        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)), ["q_proj", "v_proj"])
+    check_init_adapter(TrainConfig(init_adapter=str(tmp_path), lora={"r": 16}), ["q_proj", "v_proj"])  # any order

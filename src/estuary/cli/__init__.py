@@ -41,13 +41,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from estuary.data.inspect import check_data
     from estuary.platform.loading import explain, load_config
-    from estuary.platform.preflight import check_delta
+    from estuary.platform.preflight import check_delta, lora_targets
     from estuary.platform.runner import check_models
 
     cfg = load_config(args.job, args.set)
     check_data(cfg.data, cfg.clients.count, cfg.seed)  # the task loads and every client gets its shard
     check_delta(cfg)  # δ against each client's data size (the shards are built from the seed, no Ray)
     check_models(cfg)
+    for line in lora_targets(cfg):
+        console.print(line)
     if args.explain:
         table = Table("key", "value", "help")
         values = cfg.model_dump(mode="json")
@@ -65,9 +67,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from estuary.data.inspect import data_command
     from estuary.platform.loading import load_config
+    from estuary.platform.preflight import lora_targets
 
     cfg = load_config(args.job, args.set)
-    return data_command(cfg.data, cfg.clients.count, cfg.seed, _console(stderr=False), examples=args.examples)
+    out = _console(stderr=False)
+    code = data_command(cfg.data, cfg.clients.count, cfg.seed, out, examples=args.examples)
+    for line in lora_targets(cfg):
+        out.print(line)
+    return code
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

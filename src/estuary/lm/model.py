@@ -52,7 +52,7 @@ def attach_lora(model: PreTrainedModel, lora: LoraConfig, *, seed: int) -> PeftM
     adapted model starts equal to the base model).
     """
     with rng_scope(seed, model_device(model)):
-        peft_model = get_peft_model(model, lora.peft_config())
+        peft_model = get_peft_model(model, lora.peft_config(model))
     peft_model.eval()
     return peft_model
 

@@ -80,3 +80,36 @@ def check_delta(cfg: ExperimentConfig, data: FederatedData | None = None) -> Non
         why = delta_refusal(resolve_delta(cfg.privacy.delta, n)[0], n, f"client {cid}")
         if why is not None:
             raise PrivacyError(why)
+
+
+def lora_targets(cfg: ExperimentConfig) -> list[str]:
+    """One line per client model: the LoRA targets `training.lora` picks in it (resolving `auto` on the model's
+    config, no weights loaded). Raises a one-line ConfigError if named targets are not modules of the model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from estuary.errors import ConfigError, ModelNotAvailable
+    from estuary.lm.lora import AUTO, auto_targets
+    from estuary.models import resolve_model
+
+    lora, lines = cfg.training.lora, []
+    for spec in sorted({cfg.models.for_client(i) for i in range(cfg.clients.count)}):
+        try:
+            path = resolve_model(spec, prepare=False)
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        except (ModelNotAvailable, OSError, ValueError):
+            lines.append(f"training.lora.targets for {spec}: {lora.targets} (resolved once the model is prepared)")
+            continue
+        try:
+            targets, why = auto_targets(skeleton) if lora.targets == AUTO else (list(lora.targets), "as given")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        leaves = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
+        missing = [t for t in targets if t not in leaves]
+        if missing:
+            have = sorted(n for n in leaves if n.endswith("proj")) or sorted(leaves)[:12]
+            raise ConfigError(f"training.lora.targets: {missing} are not modules of {spec} (it has "
+                              f"{', '.join(have)}); name some of those, or use auto")
+        lines.append(f"training.lora.targets for {spec}: {', '.join(targets)} ({why})")
+    return lines

@@ -99,17 +99,21 @@ def check_model(cfg: TrainConfig) -> tuple[str, int]:
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     leaves = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
-    missing = [t for t in cfg.lora.targets if t not in leaves]
+    try:
+        targets = cfg.lora.target_modules(skeleton)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("training.lora", "train.lora")) from None
+    missing = [t for t in targets if t not in leaves]
     if missing:
         have = sorted(n for n in leaves if n.endswith("proj")) or sorted(leaves)[:12]
         raise ConfigError(f"train.lora.targets: {missing} are not modules of {cfg.model} (it has {', '.join(have)})")
     if cfg.init_adapter is not None:
-        check_init_adapter(cfg)
+        check_init_adapter(cfg, targets)
     return path, int(skeleton.get_input_embeddings().weight.shape[0])
 
 
-def check_init_adapter(cfg: TrainConfig) -> None:
-    """ConfigError unless `cfg.init_adapter` is a PEFT LoRA folder with the job's rank and targets."""
+def check_init_adapter(cfg: TrainConfig, job_targets: list[str]) -> None:
+    """ConfigError unless `cfg.init_adapter` is a PEFT LoRA folder with the job's rank and (resolved) targets."""
     import json
     from pathlib import Path
 
@@ -120,9 +124,9 @@ def check_init_adapter(cfg: TrainConfig) -> None:
                           "folder (a published version's path) or leave it unset for a fresh adapter")
     have = json.loads(conf.read_text())
     rank, targets = have.get("r"), sorted(have.get("target_modules") or [])
-    if rank != cfg.lora.r or targets != sorted(cfg.lora.targets):
+    if rank != cfg.lora.r or targets != sorted(job_targets):
         raise ConfigError(f"train.init_adapter: {cfg.init_adapter} has r={rank}, targets {targets}; the job has "
-                          f"train.lora r={cfg.lora.r}, targets {sorted(cfg.lora.targets)} — make them equal")
+                          f"train.lora r={cfg.lora.r}, targets {sorted(job_targets)} — make them equal")
 
 
 def check_knowledge(knowledge: Any, workers: int, *, shuffle_seed: int | None = None,
