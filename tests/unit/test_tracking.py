@@ -20,6 +20,7 @@ from estuary.errors import ConfigError
 from estuary.platform.loading import apply_override
 from estuary.platform.records import Recorder
 from estuary.platform.tracking import Tracking, round_scalars
+from estuary.runtime import dashboard_sign_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,6 +192,17 @@ def test_report_to_is_checked_with_did_you_mean() -> None:
     apply_override(data, "output.report_to=[mlflow,tensorboard,mlflow]")  # --set
     assert _load(**data["output"]).output.report_to == ["mlflow", "tensorboard"]
     assert ExperimentConfig().output.report_to == ["tensorboard"]
+
+
+def test_dashboard_line_says_how_to_sign_in(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    line = dashboard_sign_in("127.0.0.1:8265")
+    assert line.startswith("Ray dashboard: http://127.0.0.1:8265 — sign in with the token in ~/.ray/auth_token")
+    assert "`ray get-auth-token` prints it" in line and "Prometheus" in line and "TensorBoard" in line
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert dashboard_sign_in("127.0.0.1:8265") == "Ray dashboard: http://127.0.0.1:8265"
 
 
 # ---------------------------------------------------------------------------------------------- W&B (a fake module)

@@ -133,7 +133,7 @@ def run_experiment(
     pool = None
     server: ServerContext | None = None
     try:
-        started = ensure_ray(cfg.ray, address)
+        started = ensure_ray(cfg.ray, address, log=console.print)
         t0 = time.perf_counter()
         pool = ClientPool(cfg, model_paths)
         pool.wait_ready()
