@@ -106,15 +106,17 @@ def test_resume_continues_the_tensorboard_run_without_duplicated_steps(tmp_path:
     cfg = _cfg(tmp_path, "tensorboard")
     run_dir = tmp_path / "exp-1"
     rec, tracking, _ = _start(cfg, run_dir)
-    for rnd in (1, 2):  # round 2 is written and tracked, then the driver dies before its checkpoint
+    for rnd in (1, 2):  # round 2 is written and tracked, then the driver dies (SIGKILL) before its checkpoint
         rec.write_round(_row("standalone", rnd, acc=0.5 + rnd / 10))
-    tracking.close("failed")
+    folder = run_dir / "tensorboard" / "standalone"
+    on_disk = scalar_steps(folder)  # without a close: what a killed driver leaves
+    assert len(on_disk) == len(round_scalars(_row("standalone", 2)))
+    assert all([s for s, _ in points] == [1, 2] for points in on_disk.values())
     rec, tracking, _ = _start(cfg, run_dir)  # `estuary resume`: trackers first, then rounds.jsonl truncated
     rec.truncate_after(lambda r: r["round"] <= 1)
     for rnd in (2, 3):  # round 2 redone (the same numbers: resume is deterministic), round 3 new
         rec.write_round(_row("standalone", rnd, acc=0.5 + rnd / 10))
     tracking.close("complete")
-    folder = run_dir / "tensorboard" / "standalone"
     assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # the old file, and the resumed run's
     for tag, points in scalar_steps(folder).items():
         assert [s for s, _ in points] == [1, 2, 3], tag

@@ -112,12 +112,18 @@ class Tracker(Protocol):
 
 
 class TensorBoardTracker:
+    """tensorboardX's summaries through its synchronous EventsWriter: a round is on disk (fsync) when `log` returns.
+    (SummaryWriter queues events for a thread, and its flush() leaves the queue alone: a driver killed right after a
+    round lost part of that round's points, which resume then does not log again.)"""
+
     name = "tensorboard"
 
     def __init__(self, setup: Setup) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import summary
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
 
-        self._writer_cls = SummaryWriter
+        self.summary, self._writer_cls, self._event = summary, EventsWriter, Event
         self.setup = setup
         self.root = setup.run_dir / "tensorboard"
         self.writers: dict[str, Any] = {}
@@ -127,7 +133,12 @@ class TensorBoardTracker:
 
     def _open(self, folder: Path) -> Any:
         # a resumed run adds an event file beside the old ones, named to sort after them even within the same second
-        return self._writer_cls(logdir=str(folder), flush_secs=30, filename_suffix=f".{time.time_ns()}")
+        folder.mkdir(parents=True, exist_ok=True)
+        return self._writer_cls(str(folder / "events"), f".{time.time_ns()}")
+
+    def _write(self, writer: Any, step: int, *summaries: Any) -> None:
+        summary = self.summary.Summary(value=[v for s in summaries for v in s.value])
+        writer.write_event(self._event(wall_time=time.time(), step=step, summary=summary))
 
     def _writer(self, strategy: str) -> Any:
         if strategy not in self.writers:
@@ -135,18 +146,14 @@ class TensorBoardTracker:
             fresh = not any(folder.glob("events.out.tfevents.*"))
             writer = self.writers[strategy] = self._open(folder)
             if fresh:  # the config once per tracked run: the HParams tab and the Text tab
-                from tensorboardX.summary import hparams
-
-                _, start_info, _ = hparams({**flatten(self.setup.config), "strategy": strategy}, {})
-                writer.file_writer.add_summary(start_info)
+                _, start_info, _ = self.summary.hparams({**flatten(self.setup.config), "strategy": strategy}, {})
                 text = "\n".join("    " + line for line in json.dumps(self.setup.config, indent=2).splitlines())
-                writer.add_text("config", text, global_step=0)
+                self._write(writer, 0, start_info, self.summary.text("config", text))
         return self.writers[strategy]
 
     def log(self, strategy: str, step: int, scalars: dict[str, float]) -> None:
         writer = self._writer(strategy)
-        for key, value in scalars.items():
-            writer.add_scalar(key, value, global_step=step)
+        self._write(writer, step, *(self.summary.scalar(key, value) for key, value in scalars.items()))
         writer.flush()
 
     def finish(self, status: str, plots: list[Path]) -> None:
@@ -155,9 +162,8 @@ class TensorBoardTracker:
             from PIL import Image
 
             writer = self._open(self.root)
-            for path in plots:
-                image = np.asarray(Image.open(path).convert("RGB"))
-                writer.add_image(f"plots/{path.stem}", image, global_step=0, dataformats="HWC")
+            self._write(writer, 0, *(self.summary.image(f"plots/{p.stem}", np.asarray(Image.open(p).convert("RGB")),
+                                                         dataformats="HWC") for p in plots))
             writer.close()
         for writer in self.writers.values():
             writer.close()
