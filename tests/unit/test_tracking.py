@@ -133,7 +133,7 @@ def test_a_missing_tracker_is_one_yellow_line_and_the_others_go_on(tmp_path: Pat
     rec, tracking, lines = _start(_cfg(tmp_path, "tensorboard", "mlflow", "wandb"), run_dir)
     yellow = [line for line in lines if line.startswith("[yellow]")]
     assert len(yellow) == 2 and all("\n" not in line for line in yellow)
-    assert "mlflow is not installed" in yellow[0] and "pip install -e .[tracking]" in yellow[0]
+    assert "mlflow is not installed" in yellow[0] and "requirements/tracking.txt" in yellow[0]
     assert "wandb is not installed" in yellow[1] and "the run continues without it" in yellow[1]
     assert [t.name for t in tracking.trackers] == ["tensorboard"]
     rec.write_round(_row("standalone", 1))

@@ -34,8 +34,8 @@ from estuary.platform.records import atomic_write, read_jsonl
 if TYPE_CHECKING:
     from estuary.config import ExperimentConfig
 
-INSTALL_HINT = {"tensorboard": "pip install tensorboardX", "mlflow": "pip install -e .[tracking] (mlflow-skinny)",
-                "wandb": "pip install -e .[tracking] (wandb)"}
+_TRACKING_REQS = "pip install --no-deps -r requirements/tracking.txt (or pip install -e .[tracking])"
+INSTALL_HINT = {"tensorboard": "pip install tensorboardX", "mlflow": _TRACKING_REQS, "wandb": _TRACKING_REQS}
 MLFLOW_STATUS = {"complete": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
