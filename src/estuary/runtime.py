@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -22,9 +23,25 @@ def worker_env() -> dict[str, str]:
     }
 
 
-def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
+def dashboard_sign_in(url: str) -> str:
+    """The console line of a local cluster's dashboard: where it is and, under Ray's token authentication (Ray 2.60
+    turns it on for a new local cluster and writes the token to ~/.ray/auth_token), how to sign in."""
+    url = url if "://" in url else f"http://{url}"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return f"Ray dashboard: {url}"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the token in $RAY_AUTH_TOKEN"
+    else:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+        where = f"the token in {path} (`ray get-auth-token` prints it)"
+    return (f"Ray dashboard: {url} — sign in with {where}; its Metrics tab charts nothing without a Prometheus "
+            "and a Grafana you run (README, Dashboard); the offline charts are TensorBoard's")
+
+
+def ensure_ray(cfg: RayConfig, address: str | None = None, log: Callable[[str], None] | None = None) -> bool:
     """Connect to (or start) Ray. Returns True if this call started/connected it (and should shut
-    it down), False if Ray was already initialised in this process (tests, notebooks)."""
+    it down), False if Ray was already initialised in this process (tests, notebooks). A local cluster's
+    dashboard address and how to sign in go to `log`."""
     if ray.is_initialized():
         return False
     addr = address or cfg.address or os.environ.get("ESTUARY_RAY_ADDRESS")
@@ -41,13 +58,16 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> bool:
         if addr:
             ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
         else:
-            ray.init(
+            info = ray.init(
                 num_cpus=cfg.num_cpus,
                 include_dashboard=cfg.dashboard,
                 runtime_env=env,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
             )
+            url = getattr(info, "dashboard_url", None)
+            if log is not None and cfg.dashboard and url:
+                log(dashboard_sign_in(url))
     except ConnectionError as exc:
         raise EstuaryError(f"cannot reach the Ray cluster at {addr!r} ({exc}); check --address / ray.address") from None
     return True

@@ -16,6 +16,7 @@ from estuary.platform.runner import run_experiment
 from estuary.privacy.ledger import PrivacyLedger
 from tests.cluster.resume_drill import killed_then_resumed, rows
 from tests.conftest import tiny_job
+from tests.unit.test_tracking import scalar_steps
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -69,3 +70,7 @@ def test_driver_killed_then_resume_matches_uninterrupted(tmp_path: Path, tiny_mo
         assert r["loss_last"] == pytest.approx(losses[(r["round"], r["client"])], abs=1e-6)
     for cid, eps in a["privacy"]["dp_standalone"].items():
         assert b["privacy"]["dp_standalone"][cid]["epsilon"] == pytest.approx(eps["epsilon"], rel=1e-9), cid
+    # TensorBoard (output.report_to's default): round 2, on disk before the kill, is not logged again
+    tracked = scalar_steps(part / "tensorboard" / "dp_standalone")
+    assert tracked and all([step for step, _ in points] == [1, 2] for points in tracked.values()), tracked
+    assert [step for step, _ in tracked["epsilon/c000"]] == [1, 2]

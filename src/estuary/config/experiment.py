@@ -7,6 +7,7 @@ Every field carries its help text (`estuary validate --explain` prints them). Me
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 import yaml
@@ -61,11 +62,42 @@ class RayConfig(Section):
     dashboard: bool = Field(True, description="Start the dashboard (and metrics export) locally.")
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # output.report_to
+
+
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders.")
     run_id: str | None = Field(None, description="Run folder name (default: <name>-<timestamp>).")
     keep_checkpoints: int = Field(2, ge=1, description="Round checkpoints kept per strategy.")
     plots: bool = Field(True, description="Draw plots/*.png at the end of the run.")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers that get every round's metrics, the config and the plots, any of "
+        "tensorboard (<run>/tensorboard/), mlflow (output.mlflow_uri) and wandb (offline unless logged in); "
+        "[] for none. mlflow and wandb: pip install -e .[tracking].",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking server (e.g. http://127.0.0.1:5000); default: the local store "
+        "<output.dir>/mlruns (view it with `mlflow ui --backend-store-uri <output.dir>/mlruns`)."
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, v: Any) -> Any:
+        """`report_to: tensorboard` is a list of one; `none` is no tracker."""
+        if isinstance(v, str):
+            return [] if v.lower() == "none" else [v]
+        return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in TRACKERS:
+                close = difflib.get_close_matches(name, TRACKERS, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(f"unknown tracker {name!r} — {hint}(known: {', '.join(TRACKERS)}; [] for none)")
+        return list(dict.fromkeys(v))
 
 
 class ExperimentConfig(Section):

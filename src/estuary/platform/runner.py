@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from rich.console import Console
@@ -15,8 +15,12 @@ from estuary.errors import EstuaryError
 from estuary.platform.loading import load_config
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder, open_run_dir
+from estuary.platform.tracking import Tracking
 from estuary.registry import build_params, get
 from estuary.runtime import ensure_ray
+
+if TYPE_CHECKING:
+    from estuary.platform.run_context import RunContext
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
@@ -61,6 +65,62 @@ def resolve_models(cfg: ExperimentConfig) -> tuple[dict[str, str], str | None]:
     return {spec: resolve_model(spec) for spec in specs}, resolve_model(server) if server else None
 
 
+def start_summary(cfg: ExperimentConfig, recorder: Recorder, data: Any, resume: bool) -> dict[str, Any]:
+    """summary.json as a run starts (a resumed run keeps its finished strategies)."""
+    summary: dict[str, Any] = recorder.summary() if resume else {}
+    summary.update(
+        {
+            "run_id": recorder.dir.name,
+            "name": cfg.name,
+            "method": cfg.method,
+            "task": cfg.data.task_name,
+            "task_kind": data.task.kind,
+            "seed": cfg.seed,
+            "clients": cfg.clients.count,
+            "mode": cfg.clients.mode,
+            "client_sizes": data.sizes(),
+            "test_size": len(data.test),
+            "status": "running",
+        }
+    )
+    summary.setdefault("strategies", {})
+    summary["privacy_config"] = {**cfg.privacy.model_dump(mode="json"), "enabled": cfg.privacy.enabled}
+    if not cfg.privacy.enabled:
+        summary["privacy_warning"] = "PRIVACY DISABLED (ε = ∞): DP work of this run trains without noise"
+    recorder.write_summary(summary)
+    return summary
+
+
+def run_strategies(cfg: ExperimentConfig, ctx: RunContext, summary: dict[str, Any], resume: bool) -> None:
+    """The method and its baselines in turn (a resumed run: those not complete, from their last checkpoint)."""
+    recorder = ctx.recorder
+    if resume:
+        done = {n for n, s in summary["strategies"].items() if s.get("complete")}
+        latest = {n: ctx.checkpointer.latest(n) or 0 for n in cfg.strategies()}
+        recorder.truncate_after(
+            lambda r: r.get("strategy") in done or r.get("round", 0) <= latest.get(str(r.get("strategy")), 0)
+        )
+    for name in cfg.strategies():
+        if summary["strategies"].get(name, {}).get("complete"):
+            continue
+        strategy = get(name)(cfg, build_params(name, cfg.params_of(name)))
+        s0 = time.perf_counter()
+        final = strategy.run(ctx)
+        prev = summary["strategies"].get(name, {}).get("wall_s", 0.0)
+        summary["strategies"][name] = {
+            "complete": True,
+            "rounds": strategy.num_rounds(),
+            "wall_s": round(prev + time.perf_counter() - s0, 2),
+            "metrics": final,
+        }
+        privacy = ctx.privacy_summary()
+        if privacy:  # ε and δ per client, from the ledgers in the client states
+            summary.setdefault("privacy", {})[name] = privacy
+            if any(p["non_private"] for p in privacy.values()):
+                summary["privacy_warning"] = f"PRIVACY DISABLED (ε = ∞) for clients of {name}"
+        recorder.write_summary(summary)
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -87,32 +147,15 @@ def run_experiment(
     model_paths, server_path = resolve_models(cfg)
     check_run_models(cfg, model_paths)  # a model Opacus cannot DP-train: one line now, not after retries
 
-    summary: dict[str, Any] = recorder.summary() if resume else {}
-    summary.update(
-        {
-            "run_id": run_dir.name,
-            "name": cfg.name,
-            "method": cfg.method,
-            "task": cfg.data.task_name,
-            "task_kind": data.task.kind,
-            "seed": cfg.seed,
-            "clients": cfg.clients.count,
-            "mode": cfg.clients.mode,
-            "client_sizes": data.sizes(),
-            "test_size": len(data.test),
-            "status": "running",
-        }
-    )
-    summary.setdefault("strategies", {})
-    summary["privacy_config"] = {**cfg.privacy.model_dump(mode="json"), "enabled": cfg.privacy.enabled}
-    if not cfg.privacy.enabled:
-        summary["privacy_warning"] = "PRIVACY DISABLED (ε = ∞): DP work of this run trains without noise"
-    recorder.write_summary(summary)
+    summary = start_summary(cfg, recorder, data, resume)
+    # the trackers start before a resume truncates rounds.jsonl: the rounds it holds are already tracked
+    tracking = recorder.tracking = Tracking.start(cfg, run_dir, log=console.print)
 
-    started = ensure_ray(cfg.ray, address)
+    started = False
     pool = None
     server: ServerContext | None = None
     try:
+        started = ensure_ray(cfg.ray, address, log=console.print)
         t0 = time.perf_counter()
         pool = ClientPool(cfg, model_paths)
         pool.wait_ready()
@@ -121,35 +164,12 @@ def run_experiment(
         with RunProgress(console, enabled=show_progress) as progress:
             server.log = progress.log
             ctx = RunContext(cfg, run_dir.name, recorder, pool, server, progress)
-            if resume:
-                done = {n for n, s in summary["strategies"].items() if s.get("complete")}
-                latest = {n: ctx.checkpointer.latest(n) or 0 for n in cfg.strategies()}
-                recorder.truncate_after(
-                    lambda r: r.get("strategy") in done or r.get("round", 0) <= latest.get(str(r.get("strategy")), 0)
-                )
-            for name in cfg.strategies():
-                if summary["strategies"].get(name, {}).get("complete"):
-                    continue
-                strategy = get(name)(cfg, build_params(name, cfg.params_of(name)))
-                s0 = time.perf_counter()
-                final = strategy.run(ctx)
-                prev = summary["strategies"].get(name, {}).get("wall_s", 0.0)
-                summary["strategies"][name] = {
-                    "complete": True,
-                    "rounds": strategy.num_rounds(),
-                    "wall_s": round(prev + time.perf_counter() - s0, 2),
-                    "metrics": final,
-                }
-                privacy = ctx.privacy_summary()
-                if privacy:  # ε and δ per client, from the ledgers in the client states
-                    summary.setdefault("privacy", {})[name] = privacy
-                    if any(p["non_private"] for p in privacy.values()):
-                        summary["privacy_warning"] = f"PRIVACY DISABLED (ε = ∞) for clients of {name}"
-                recorder.write_summary(summary)
+            run_strategies(cfg, ctx, summary, resume)
         summary["status"] = "complete"
     except BaseException as exc:
         summary["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        tracking.close(summary["status"])
         raise
     finally:
         recorder.write_summary(summary)
@@ -159,8 +179,8 @@ def run_experiment(
             pool.shutdown()
         if started:
             ray.shutdown()
-    if cfg.output.plots:
-        draw_plots(run_dir)
+    plots = draw_plots(run_dir) if cfg.output.plots else []
+    tracking.close("complete", plots)
     console.print(results_table(summary))
     console.print(f"run folder: [bold]{run_dir}[/bold]")
     return run_dir
