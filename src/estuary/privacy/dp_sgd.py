@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import torch
 
 from estuary.data.task import Example, Task
 from estuary.lm.encoding import Encoded, encode, padding_id
-from estuary.lm.loop import StepReport, TrainingLoop, train_steps
+from estuary.lm.loop import LoopResult, StepReport, TrainingLoop, train_steps
 from estuary.lm.model import trainable_parameters
 from estuary.lm.seeding import mix_seed
 from estuary.privacy.ledger import INF, BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger
@@ -137,45 +137,9 @@ def dp_train_steps(
             f"> budget {budget:g} (spent {led.epsilon:.4g})"
         )
 
-    loop = TrainingLoop(model, lr=lr, seed=seed, rng_tag=2, weight_decay=weight_decay, optimizer_state=optimizer_state)
-    mode, why = choose_clipping(model, dp_cfg.clipping)
-    g_noise, g_sample, rng, secure = make_generators(dp_cfg.secure_rng, mix_seed(seed, loop.start), loop.device)
-    pad = padding_id(tokenizer)
-    stepper = DPStepper(model, loop.optimizer, mode=mode, sigma=sigma, max_grad_norm=dp_cfg.max_grad_norm,
-                        expected_batch_size=q * n, noise_generator=g_noise, secure_mode=secure, pad_id=pad,
-                        max_physical_batch_size=dp_cfg.max_physical_batch_size)
-    sizes: list[int] = []
-    cache: dict[int, Encoded] = {}
-    try:
-        # Charged before the first step: a crash mid-way can only over-count.
-        eps_after = led.charge(sigma, q, n_steps) if n_steps else led.epsilon
-        entry = led.append(LedgerEntry(op="dp-sgd", mechanism="subsampled-gaussian", epsilon_after=eps_after,
-                                       sigma=sigma, steps=n_steps, max_grad_norm=dp_cfg.max_grad_norm,
-                                       clipping=mode, rng=rng, detail=why, **common))
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-        batches = iter(UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=g_sample, steps=n_steps))
-
-        def step(_k: int) -> StepReport:
-            idx = next(batches)
-            todo = sorted({i for i in idx if i not in cache})
-            if todo:
-                cache.update(zip(todo, encode(tokenizer, task, [examples[i] for i in todo], max_length=max_length),
-                                 strict=True))
-            batch = [cache[i] for i in idx]
-            weights = None
-            if not batch:  # an empty Poisson batch still takes a noised (and accounted) step
-                batch, weights = [([pad, pad], 1)], torch.zeros(1)
-            sizes.append(len(idx))
-            loss = stepper.step(batch, weights)
-            return StepReport(loss if idx else float("nan"), tokens=sum(len(ids) for ids, _ in batch) if idx else 0,
-                              examples=len(idx))
-
-        result = loop.run(n_steps, step)
-    finally:
-        stepper.close()
-    if stepper.steps != n_steps:
-        raise RuntimeError(f"Opacus took {stepper.steps} noised steps, the ledger charged {n_steps}")
+    result, entry, eps_after, mode, why, rng, sizes = _dp_loop(
+        model, tokenizer, task, examples, led=led, dp_cfg=dp_cfg, common=common, sigma=sigma, q=q, n_steps=n_steps,
+        lr=lr, max_length=max_length, seed=seed, optimizer_state=optimizer_state, weight_decay=weight_decay)
     return DPTrainResult(
         losses=result.losses,
         optimizer_state=result.optimizer_state,
@@ -193,6 +157,64 @@ def dp_train_steps(
         batch_sizes=sizes,
         entry=entry,
     )
+
+
+def _dp_loop(
+    model: Any, tokenizer: Any, task: Task, examples: Sequence[Example], *, led: PrivacyLedger,
+    dp_cfg: PrivacyConfig, common: dict[str, Any], sigma: float, q: float, n_steps: int, lr: float,
+    max_length: int, seed: int, optimizer_state: dict[str, Any] | None, weight_decay: float,
+) -> tuple[LoopResult, LedgerEntry, float, str, str, str, list[int]]:
+    """The noised steps on the one training loop, charged to the ledger before the first one: (the loop's
+    result, the ledger entry, ε after, clipping mode, why, the RNG's description, the Poisson batch sizes)."""
+    n = len(examples)
+    loop = TrainingLoop(model, lr=lr, seed=seed, rng_tag=2, weight_decay=weight_decay, optimizer_state=optimizer_state)
+    mode, why = choose_clipping(model, dp_cfg.clipping)
+    g_noise, g_sample, rng, secure = make_generators(dp_cfg.secure_rng, mix_seed(seed, loop.start), loop.device)
+    pad = padding_id(tokenizer)
+    stepper = DPStepper(model, loop.optimizer, mode=mode, sigma=sigma, max_grad_norm=dp_cfg.max_grad_norm,
+                        expected_batch_size=q * n, noise_generator=g_noise, secure_mode=secure, pad_id=pad,
+                        max_physical_batch_size=dp_cfg.max_physical_batch_size)
+    sizes: list[int] = []
+    try:
+        # Charged before the first step: a crash mid-way can only over-count.
+        eps_after = led.charge(sigma, q, n_steps) if n_steps else led.epsilon
+        entry = led.append(LedgerEntry(op="dp-sgd", mechanism="subsampled-gaussian", epsilon_after=eps_after,
+                                       sigma=sigma, steps=n_steps, max_grad_norm=dp_cfg.max_grad_norm,
+                                       clipping=mode, rng=rng, detail=why, **common))
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        batches = iter(UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=g_sample, steps=n_steps))
+
+        step = _poisson_step(stepper, batches, lambda idx: encode(tokenizer, task, [examples[i] for i in idx],
+                                                                  max_length=max_length), pad, sizes)
+        result = loop.run(n_steps, step)
+    finally:
+        stepper.close()
+    if stepper.steps != n_steps:
+        raise RuntimeError(f"Opacus took {stepper.steps} noised steps, the ledger charged {n_steps}")
+    return result, entry, eps_after, mode, why, rng, sizes
+
+
+def _poisson_step(stepper: DPStepper, batches: Iterator[list[int]], encode_rows: Callable[[list[int]], list[Encoded]],
+                  pad: int, sizes: list[int]) -> Callable[[int], StepReport]:
+    """The DP step: the next Poisson batch (its rows encoded once and cached), clipped and noised by `stepper`."""
+    cache: dict[int, Encoded] = {}
+
+    def step(_k: int) -> StepReport:
+        idx = list(next(batches))
+        todo = sorted({i for i in idx if i not in cache})
+        if todo:
+            cache.update(zip(todo, encode_rows(todo), strict=True))
+        batch = [cache[i] for i in idx]
+        weights = None
+        if not batch:  # an empty Poisson batch still takes a noised (and accounted) step
+            batch, weights = [([pad, pad], 1)], torch.zeros(1)
+        sizes.append(len(idx))
+        loss = stepper.step(batch, weights)
+        return StepReport(loss if idx else float("nan"), tokens=sum(len(ids) for ids, _ in batch) if idx else 0,
+                          examples=len(idx))
+
+    return step
 
 
 def _non_private(
