@@ -48,8 +48,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_data(cfg.data, cfg.clients.count, cfg.seed)  # the task loads and every client gets its shard
     check_delta(cfg)  # δ against each client's data size (the shards are built from the seed, no Ray)
     check_models(cfg)
-    for line in lora_targets(cfg):
-        console.print(line)
+    targets = lora_targets(cfg)  # refuses named targets a model lacks; printed with the verdict, on stdout
     if args.explain:
         table = Table("key", "value", "help")
         values = cfg.model_dump(mode="json")
@@ -59,6 +58,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 node = node[part]
             table.add_row(key, repr(node), help_text)
         _console(stderr=False).print(table)
+    for line in targets:
+        print(line)
     print(f"{args.job}: ok — method {cfg.method}, baselines {cfg.baselines}, {cfg.clients.count} clients "
           f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task_name}")
     return 0
