@@ -297,8 +297,7 @@ def test_top_k_is_clamped_to_the_servers_logprobs() -> None:
 
     assert build_params("fedmkt", {}).top_k == 128
     job = Path(__file__).resolve().parents[2] / "jobs" / "fedmkt-sst2.yaml"
-    for overrides, k in ((["method_params.top_k=128"], 20), (["method_params.top_k=128", "server.max_logprobs=128"],
-                                                              128), ([], 16)):
+    for overrides, k in (([], 128), (["server.max_logprobs=20"], 20), (["method_params.top_k=16"], 16)):
         cfg = load_config(job, overrides)
         strategy = get("fedmkt")(cfg, build_params("fedmkt", cfg.method_params))
         assert strategy.top_k() == k

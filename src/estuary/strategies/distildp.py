@@ -13,11 +13,10 @@ nothing has to average LoRA factors that were initialised and trained apart. Eac
 2. server: the samples are pooled across clients (post-processing), recorded in knowledge/synthetic.jsonl
    and put once in the object store.
 3. `distil` (clients): each student (the client's SLM adapter) trains on the pooled synthetic text only,
-   (1-λ)·CE + λ·KL (+ β·hidden MSE, off by default as in the published commands; the KL a token mean or, with
-   `kd_reduction: batchmean`, the reference code's sum per sequence), and is evaluated (perplexity on real
-   held-out text). With
-   `hard_label_baseline`, a twin trained on the same text from the same start with λ = β = 0 is evaluated
-   too (hard_labels/*), so both students see the same teacher and samples.
+   (1-λ)·CE + λ·KL (+ β·hidden MSE, off by default as in the published commands; the KL summed per sequence
+   as the reference code's, or with `kd_reduction: token_mean` a token mean), and is evaluated (perplexity on
+   real held-out text). With `hard_label_baseline`, a twin trained on the same text from the same start with
+   λ = β = 0 is evaluated too (hard_labels/*), so both students see the same teacher and samples.
 
 Baselines for the paper's claim: `dp_standalone` (the student DP-trained on the private text, same ε) in the
 same run, and a non-private teacher (`privacy.target_epsilon: null`) in a linked run (bench/distildp_ppl.py).

@@ -42,11 +42,12 @@ class DistilDPConfig:
                                "0 (the default, as the reference code's published commands: alpha_cos = 0) "
                                "turns it off."})
     kd_reduction: Literal["token_mean", "batchmean"] = field(
-        default="token_mean",
-        metadata={"help": "How the KL is weighed against the CE (a token mean): token_mean = the mean over target "
-                  "positions; batchmean = summed over a sequence's positions and divided by the batch's "
-                  "sequences, as the reference code's KLDivLoss(reduction='batchmean') (about as many times "
-                  "heavier as a sequence has target tokens). docs/methods.md compares the two."})
+        default="batchmean",
+        metadata={"help": "How the KL is weighed against the CE (a token mean): batchmean (the default) = summed "
+                  "over a sequence's positions and divided by the batch's sequences, as the reference code's "
+                  "KLDivLoss(reduction='batchmean') (about as many times heavier as a sequence has target "
+                  "tokens); token_mean = the mean over target positions. docs/methods.md compares the two "
+                  "(Yelp, ε = 2: 56.80 against 60.08 test perplexity)."})
     temperature: float = field(default=1.0, metadata={"help": "Distillation temperature T (paper: 1)."})
     topk: int = field(default=32, metadata={"help": "Teacher distribution entries per token sent with each sample."})
     tail_bucket: bool = field(
