@@ -18,8 +18,8 @@ import time
 import ray
 
 from bench.common import write_result
-from estuary.actors.pool import ClientPool
-from estuary.platform.config import load_config
+from estuary.client.pool import ClientPool
+from estuary.platform.loading import load_config
 
 
 @ray.remote

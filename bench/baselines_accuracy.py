@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import write_result
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "bench-baselines.yaml"

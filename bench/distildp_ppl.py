@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.common import write_result
 from estuary.errors import EstuaryError
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"

@@ -40,22 +40,23 @@ def _setup(args: argparse.Namespace, mode: str) -> tuple[Any, Any, list[Any]]:
     """(model with LoRA, a `step()` callable, the batch)."""
     import torch
 
-    from estuary.actors import slm
-    from estuary.actors.evaluation import _pad_id
     from estuary.data import load_splits
+    from estuary.lm.encoding import padding_id
+    from estuary.lm.lora import LoraConfig
+    from estuary.lm.model import attach_lora, load_base, trainable_parameters
     from estuary.models import resolve_model
     from estuary.privacy.stepper import DPStepper, per_example_losses
 
     torch.manual_seed(0)
-    base, tok = slm.load_base(resolve_model(args.model), dtype=args.dtype, device=args.device)
-    model = slm.attach_lora(base, slm.LoraSpec(r=args.r, alpha=2 * args.r, dropout=0.0,
-                                               target_modules=tuple(args.targets)), seed=0)
+    base, tok = load_base(resolve_model(args.model), dtype=args.dtype, device=args.device)
+    model = attach_lora(base, LoraConfig(r=args.r, alpha=2 * args.r, dropout=0.0,
+                                               targets=list(args.targets)), seed=0)
     text = " ".join(ex.text for ex in load_splits("sst2", seed=0, train_size=400).train)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     batch = [(ids[i * args.max_length : (i + 1) * args.max_length], 1) for i in range(args.batch)]
-    params = [p for _, p in slm.trainable_parameters(model)]
+    params = [p for _, p in trainable_parameters(model)]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    pad = _pad_id(tok)
+    pad = padding_id(tok)
     model.train()
     if mode == "nonprivate":
 

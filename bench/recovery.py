@@ -21,10 +21,10 @@ import time
 import ray
 
 from bench.common import write_result
-from estuary.actors.pool import ClientPool
-from estuary.platform.config import load_config
-from estuary.platform.plan import ClientTask
+from estuary.client.pool import ClientPool
+from estuary.platform.loading import load_config
 from estuary.strategies.noop import Noop
+from estuary.wire import ClientTask
 
 
 def main() -> None:

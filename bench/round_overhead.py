@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 
 from bench.common import rss_mib, write_result
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 
 

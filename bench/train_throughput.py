@@ -28,7 +28,7 @@ import ray
 
 from bench.common import rss_mib, write_result
 from estuary.data import load_splits
-from estuary.platform.runtime import worker_env
+from estuary.runtime import worker_env
 from estuary.train import ServerTrainer, TrainConfig
 
 
@@ -63,9 +63,9 @@ def plain_peft(cfg: TrainConfig, model_path: str, records: list[dict[str, Any]])
     """The baseline: one process, torch AdamW on the LoRA parameters, the same objective and batches."""
     import torch
 
+    from estuary.lm.objective import objective
     from estuary.train.knowledge import collate, normalize_record
-    from estuary.train.objective import objective
-    from estuary.train.worker import load_model
+    from estuary.train.per_worker import load_model
 
     began = time.perf_counter()
     torch.set_num_threads(cfg.workers)

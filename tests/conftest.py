@@ -40,7 +40,7 @@ def ray_session() -> Iterator[None]:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="estray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    from estuary.platform.runtime import worker_env
+    from estuary.runtime import worker_env
 
     env = {"PYTHONPATH": f"{REPO}:{REPO / 'src'}", **worker_env()}
     port = free_port()

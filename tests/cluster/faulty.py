@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from estuary.platform.registry import register
+from estuary.registry import register
 from estuary.strategies.baselines import Standalone
 
 

@@ -15,8 +15,8 @@ os.makedirs(os.path.join(_TMP, "ray"), exist_ok=True)  # Ray writes its address 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from estuary.actors.pool import ClientPool  # noqa: E402
-from estuary.platform.config import load_config  # noqa: E402
+from estuary.client.pool import ClientPool  # noqa: E402
+from estuary.platform.loading import load_config  # noqa: E402
 
 
 def main(model_dir: str) -> None:

@@ -4,29 +4,21 @@ with `estuary resume` — nothing lost, nothing counted twice, ledgers and check
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
-import yaml
 
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.config import load_config
-from estuary.platform.faults import DRIVER_KILL_MARKER
-from estuary.platform.runner import resume_experiment, run_experiment
+from estuary.platform.loading import load_config
+from estuary.platform.runner import run_experiment
 from estuary.privacy.ledger import PrivacyLedger
-from tests.conftest import REPO, tiny_job
+from tests.cluster.resume_drill import killed_then_resumed, rows
+from tests.conftest import tiny_job
+from tests.unit.test_tracking import scalar_steps
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
 def _dp_job(tmp_path: Path, model_dir: Path, **over: Any) -> dict[str, Any]:
@@ -38,7 +30,7 @@ def _dp_job(tmp_path: Path, model_dir: Path, **over: Any) -> dict[str, Any]:
 
 
 def _client_rounds(run: Path, file: str = "clients.jsonl") -> Counter[tuple[int, str]]:
-    return Counter((r["round"], r["client"]) for r in _rows(run / file) if r.get("op", "dp-sgd") == "dp-sgd")
+    return Counter((r["round"], r["client"]) for r in rows(run / file) if r.get("op", "dp-sgd") == "dp-sgd")
 
 
 def test_worker_kills_during_rounds_lose_and_double_count_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -46,9 +38,9 @@ def test_worker_kills_during_rounds_lose_and_double_count_nothing(tmp_path: Path
                   faults={"kill_worker_prob": 0.5, "max_worker_kills": 2, "seed": 3})
     run = run_experiment(load_config(base=job), show_progress=False)
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
-    kills = _rows(run / "faults.jsonl")
+    kills = rows(run / "faults.jsonl")
     assert 1 <= len(kills) <= 2 and all(k["fault"] == "kill_worker" for k in kills)
-    rounds = _rows(run / "rounds.jsonl")
+    rounds = rows(run / "rounds.jsonl")
     assert [(r["clients_ok"], r["clients_failed"]) for r in rounds] == [(4, 0)] * 2
     assert sum(r["task_attempts"] for r in rounds) > 8  # the killed workers' tasks were resubmitted
     expected = {(r, f"c00{i}"): 1 for r in (1, 2) for i in range(4)}
@@ -65,23 +57,7 @@ def test_worker_kills_during_rounds_lose_and_double_count_nothing(tmp_path: Path
 def test_driver_killed_then_resume_matches_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> None:
     job = _dp_job(tmp_path, tiny_model_dir, rounds=2, clients={"count": 3, "pool_size": 2})
     full = run_experiment(load_config(base=job), show_progress=False)
-
-    job["output"] = {**job["output"], "run_id": "killed"}
-    job["faults"] = {"kill_driver_in_round": 2}
-    path = tmp_path / "killed.yaml"
-    path.write_text(yaml.safe_dump(job))
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}"}
-    address = ray.get_runtime_context().gcs_address  # a second driver on the session's cluster
-    cmd = [str(Path(sys.executable).parent / "estuary"), "run", str(path), "--address", address, "--no-progress"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL: no cleanup ran
-    part = tmp_path / "runs" / "killed"
-    assert (part / DRIVER_KILL_MARKER).exists()
-    assert json.loads((part / "summary.json").read_text())["status"] == "running"
-    assert Checkpointer(part).latest("dp_standalone") == 1  # round 2 died before its checkpoint
-    assert (2, "c000") in _client_rounds(part)  # ...after its client rows were written
-
-    resume_experiment(part, show_progress=False)  # the marker keeps the drill from killing it again
+    part = killed_then_resumed(tmp_path, job, "dp_standalone", kill_round=2)
     a = json.loads((full / "summary.json").read_text())
     b = json.loads((part / "summary.json").read_text())
     assert b["status"] == "complete"
@@ -89,8 +65,12 @@ def test_driver_killed_then_resume_matches_uninterrupted(tmp_path: Path, tiny_mo
         assert b["strategies"]["dp_standalone"]["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert _client_rounds(part) == _client_rounds(full) == {(r, f"c00{i}"): 1 for r in (1, 2) for i in range(3)}
     assert _client_rounds(part, "privacy.jsonl") == _client_rounds(full, "privacy.jsonl")
-    losses = {(r["round"], r["client"]): r["loss_last"] for r in _rows(full / "clients.jsonl")}
-    for r in _rows(part / "clients.jsonl"):
+    losses = {(r["round"], r["client"]): r["loss_last"] for r in rows(full / "clients.jsonl")}
+    for r in rows(part / "clients.jsonl"):
         assert r["loss_last"] == pytest.approx(losses[(r["round"], r["client"])], abs=1e-6)
     for cid, eps in a["privacy"]["dp_standalone"].items():
         assert b["privacy"]["dp_standalone"][cid]["epsilon"] == pytest.approx(eps["epsilon"], rel=1e-9), cid
+    # TensorBoard (output.report_to's default): round 2, on disk before the kill, is not logged again
+    tracked = scalar_steps(part / "tensorboard" / "dp_standalone")
+    assert tracked and all([step for step, _ in points] == [1, 2] for points in tracked.values()), tracked
+    assert [step for step, _ in tracked["epsilon/c000"]] == [1, 2]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 from tests.conftest import tiny_job
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from estuary.actors.pool import ClientPool
+from estuary.client.pool import ClientPool
 from estuary.errors import ConfigError, RoundFailed
-from estuary.platform.config import load_config
-from estuary.platform.plan import ClientTask
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 from estuary.strategies.baselines import Standalone
+from estuary.wire import ClientTask
 from tests.conftest import tiny_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]

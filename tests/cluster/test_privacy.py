@@ -11,17 +11,16 @@ from typing import Any
 import pytest
 import ray
 
-from estuary.actors.egress import Egress
-from estuary.actors.pool import ClientPool
-from estuary.platform.config import load_config
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import available
+from estuary.client.pool import ClientPool
+from estuary.platform.audit import audit_run_dir
+from estuary.platform.loading import load_config
 from estuary.platform.run_context import RunContext
 from estuary.platform.runner import resume_experiment, run_experiment
-from estuary.privacy.audit import audit_run_dir
 from estuary.privacy.canary import find_canaries, plant_sst2_canaries, scan_run_dir
 from estuary.privacy.ledger import PrivacyLedger
-from estuary.privacy.strategies import DPStandalone  # importing registers dp_standalone and dp_synthetic
+from estuary.registry import available
+from estuary.strategies.dp_baselines import DPStandalone
+from estuary.wire import ClientTask, Egress
 from tests.conftest import tiny_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 from estuary.platform.sampling import sample_clients
 from estuary.platform.strategy import client_ids
@@ -51,10 +51,10 @@ def test_sampled_clients_per_round_follow_the_seed(tmp_path: Path) -> None:
 
 
 def test_groups_and_a_straggler_cut_by_the_deadline(tmp_path: Path) -> None:
-    # The deadline leaves room for a cold first task on a loaded 2-core box (imports, data shards: 10+ s).
+    # The deadline leaves room for a cold first task on a loaded 2-core box (imports, the task card, shards: 10+ s).
     groups = [{"name": "fast", "count": 3, "pool_size": 1},
               {"name": "slow", "count": 1, "pool_size": 1, "slowdown_s": 60, "resources": {"num_cpus": 0.25}}]
-    clients = {"count": 4, "groups": groups, "round_deadline_s": 20, "quorum": 0.75}
+    clients = {"count": 4, "groups": groups, "round_deadline_s": 30, "quorum": 0.75}
     run = run_experiment(load_config(base=_noop_job(tmp_path, "deadline", clients, rounds=2)), show_progress=False)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["pool"]["workers"] == 2

@@ -119,11 +119,11 @@ def test_sigterm_stops_serve_cleanly(tmp_path: Path, ray_tmp: str) -> None:
 # SIGTERM then ended the process on the spot (exit -15, no line, no final reap). The CLI's main runs it like this.
 AROUND_RAY = """
 import os, signal, threading, time
-from estuary.platform.shutdown import keep_ray_handler_out
+from estuary.shutdown import keep_ray_handler_out
 keep_ray_handler_out()  # as estuary.cli.main does, before ray is imported
 from estuary.platform.config import RayConfig
 from estuary.platform.runtime import ensure_ray, shutdown_ray
-from estuary.platform.shutdown import StopSignals, stop_line
+from estuary.shutdown import StopSignals, stop_line
 with StopSignals():
     try:
         ensure_ray(RayConfig(num_cpus=1, dashboard=False))
@@ -156,7 +156,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.usefixtures("ray_session")  # the uninterrupted run and the resume, in this process
 def test_sigterm_interrupts_a_run_and_resume_finishes_it(tmp_path: Path, tiny_model_dir: Path, ray_tmp: str) -> None:
     from estuary.cli import main
-    from estuary.platform.config import load_config
+    from estuary.platform.loading import load_config
     from estuary.platform.runner import run_experiment
 
     # Two clients on one worker, each task 2 s slower (a simulated slow device): round 2 outlasts the signal.

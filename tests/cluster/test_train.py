@@ -16,7 +16,7 @@ import ray
 from estuary.data import find_data_root
 from estuary.errors import ConfigError, DataError, ModelNotAvailable
 from estuary.train import ServerTrainer, TrainConfig
-from estuary.train.preflight import check_knowledge
+from estuary.train.checks import check_knowledge
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -144,7 +144,7 @@ def test_bad_input_fails_in_one_line_before_any_worker(tmp_path: Path, tiny_mode
         assert not storage.exists() or not any(storage.iterdir()), "no training job may have started"
 
     fails(ConfigError, r"3 workers x CPU=1 need CPU=3, but the Ray cluster has 2", workers=3)
-    fails(ConfigError, r"GPU=1 need GPU=1", workers=1, gpus_per_worker=1)
+    fails(ConfigError, r"GPU=1 need GPU=1", workers=1, resources={"num_gpus": 1})
     fails(DataError, "no knowledge to train on", knowledge=[])
     fails(DataError, "no knowledge to train on: the data set is empty", knowledge=ray.data.from_items([]))
     fails(DataError, "fewer than train.workers=2", knowledge=sst2_records(1))

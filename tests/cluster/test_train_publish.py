@@ -32,7 +32,7 @@ def served(ray_session: None, tiny_model_dir: Path, tmp_path_factory: pytest.Tem
 
     cfg = ServerConfig(model=str(tiny_model_dir), engine="reference", dtype="float32", port=free_port(),
                        app_name=APP, route_prefix="/train-publish", max_model_len=128, kv_cache_gib=0.25,
-                       num_cpus=0, adapter_root=str(tmp_path_factory.mktemp("published")))
+                       resources={"num_cpus": 0}, adapter_root=str(tmp_path_factory.mktemp("published")))
     server = launcher.start_server(cfg, engine=ReferenceEngine, timeout_s=300)
     yield server
     launcher.stop_server(APP)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from estuary.models import is_prepared
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.platform.runner import run_experiment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("ray_session")]

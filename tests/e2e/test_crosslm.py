@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from estuary.platform.config import ExperimentConfig
+from estuary.config import ExperimentConfig
 from estuary.platform.records import read_jsonl
 from estuary.platform.runner import run_experiment
 from tests.conftest import tiny_job
@@ -28,7 +28,7 @@ def crosslm_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides
             "generate": {"prompts_per_label": 4, "samples_per_prompt": 2, "max_tokens": 20},
             "min_score": 0.0, "consensus": 0.0,  # keep everything the clients scored: the flow, not the claim
             "llm_eval_size": 8, "general_size": 4, "adapter_name": "crosslm-e2e", "llm_task_records": True,
-            "llm_train": {"workers": 2, "cpus_per_worker": 0.01, "steps": 2, "micro_batch_size": 2,
+            "llm_train": {"workers": 2, "resources": {"num_cpus": 0.01}, "steps": 2, "micro_batch_size": 2,
                           "max_length": 64, "checkpoint_every": 2, "zero": {"stage": 2}},
         },
         **overrides,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from estuary.platform.config import ExperimentConfig
+from estuary.config import ExperimentConfig
 from estuary.platform.records import read_jsonl
 from estuary.platform.runner import run_experiment
 from tests.conftest import build_tiny_model, tiny_job

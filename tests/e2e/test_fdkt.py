@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from estuary.platform.config import ExperimentConfig
+from estuary.config import ExperimentConfig
 from estuary.platform.records import read_jsonl
 from estuary.platform.runner import run_experiment
 from tests.conftest import tiny_job
@@ -28,7 +28,7 @@ def test_fdkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server_c
             # the tiny generator writes word salad, which the LLM judge rightly rejects: the judge is exercised
             # in test_llm_judge_on_served_model; here the flow must reach augmentation
             "filter": {"judge": False},
-            "augment": {"prompts_per_label": 3, "samples_per_prompt": 2, "shots": 2, "max_tokens": 24},
+            "augment": {"prompts": 3, "samples_per_reply": 4, "max_tokens": 24},  # all-labels prompts, 1 reply each
         },
     )
     run_dir = run_experiment(ExperimentConfig.model_validate(job), show_progress=False)
@@ -47,7 +47,7 @@ def test_fdkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server_c
         assert m["server/filter/synthetic/kept"] == sum(s["kept"] for s in sent)
         stages = ("invalid", "duplicate", "near_duplicate", "judged_out", "kept")
         assert sum(m[f"server/filter/synthetic/{k}"] for k in stages) == len(sent)
-        assert m["server/augment/prompts"] > 0 and m["server/augment/generated"] > 0
+        assert m["server/augment/prompts"] == 3 and m["server/augment/generated"] > 0  # labelled lines + malformed
         assert m["server/filter/augmented/kept"] == len([a for a in augmented if a["round"] == r["round"]])
         assert m["client/train/transfer_examples/mean"] == m["server/transfer/examples"]
     assert {s["client"] for s in synthetic} == {"c000", "c001"}

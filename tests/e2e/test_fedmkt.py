@@ -1,7 +1,8 @@
 """FedMKT end to end on a tiny setting through the real pipeline: tiny client SLMs (a word-level tokenizer)
 send top-k knowledge on public SST-2 texts, the served LLM (the session's vLLM SmolLM2, a byte-level BPE
 tokenizer) scores the same texts, the server aligns both ways across the two tokenizers, distils the served
-model's LoRA with Ray Train + DeepSpeed, publishes it live, and the clients distil from the aligned LLM."""
+model's LoRA with Ray Train + DeepSpeed, publishes it live, scores the texts again with the new version, and
+the clients distil from that aligned LLM in the same round."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from estuary.platform.config import ExperimentConfig
+from estuary.config import ExperimentConfig
 from estuary.platform.records import read_jsonl
 from estuary.platform.runner import run_experiment
 from tests.conftest import tiny_job
@@ -29,7 +30,7 @@ def fedmkt_job(tmp_path: Path, model_dir: Path, server_config: Any, **overrides:
         server={"model": server_config.model, "app_name": server_config.app_name, "dtype": "float32"},
         method_params={
             "public_size": PUBLIC, "top_k": 4, "llm_eval_size": 8, "adapter_name": "fedmkt-e2e",
-            "llm_train": {"workers": 2, "cpus_per_worker": 0.01, "steps": 2, "micro_batch_size": 2,
+            "llm_train": {"workers": 2, "resources": {"num_cpus": 0.01}, "steps": 2, "micro_batch_size": 2,
                           "max_length": 64, "checkpoint_every": 2, "zero": {"stage": 2}},
         },
         **overrides,
@@ -79,9 +80,13 @@ def test_fedmkt_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, server
     (zero,) = [r for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "zero_shot"]
     assert {k: v for k, v in zero["metrics"].items() if k.startswith("server/")} == start
     assert versions[0] >= 1 and versions[1] == versions[0] + 1
-    # round 1 scored the public texts with the base model, round 2 with the adapter round 1 published
+    # round 1's LLM distilled from knowledge it scored with the base model, round 2's with the adapter round 1
+    # published; in each round the clients distilled from the LLM's top-k recomputed with the version that
+    # round published (slm_targets: after_update, as the reference's on_epoch_end)
     server_rows = [k for k in knowledge if k["client"] == "server"]
-    assert server_rows[0]["adapter"] is None and server_rows[1]["adapter"]
+    assert server_rows[0]["adapter"] is None and server_rows[1]["adapter"] == server_rows[0]["targets_adapter"]
+    assert [int(r["targets_adapter"].rsplit("@v", 1)[1]) for r in server_rows] == versions
+    assert [r["metrics"]["server/llm/slm_targets_version"] for r in rounds] == versions
     assert "fedmkt-e2e" in llm.versions()
     # the LLM's centralized bound: the pooled client shards, the method's server training settings over both
     # rounds (2 steps × 2), published as its own adapter and evaluated on the same test examples

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.dp_generator import GeneratorConfig, sample_synthetic, train_dp_generator
-from estuary.platform.config import PrivacyConfig
+from estuary.client.dp_generator import GeneratorConfig, sample_synthetic, train_dp_generator
+from estuary.config import PrivacyConfig
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora, load_adapter_state, load_base
 from estuary.privacy.dp_sgd import dp_train_steps
 from estuary.privacy.ledger import PrivacyLedger
 
@@ -47,14 +48,14 @@ def one_thread():  # type: ignore[no-untyped-def]
 def test_dp_sgd_and_dp_generator_on_smollm2(splits, one_thread) -> None:  # type: ignore[no-untyped-def]
     if not (MODEL_DIR / "config.json").is_file():
         pytest.skip(f"SmolLM2 folder missing: {MODEL_DIR}")
-    base, tok = slm.load_base(str(MODEL_DIR))
-    model = slm.attach_lora(base, slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=0)
-    init = slm.adapter_state(model)
+    base, tok = load_base(str(MODEL_DIR))
+    model = attach_lora(base, LoraConfig(r=8, alpha=16, dropout=0.0), seed=0)
+    init = adapter_state(model)
     private = list(splits.train[:16])
     cfg = dict(steps=2, batch_size=4, lr=1e-3, max_length=48, seed=0)
     runs = {}
     for mode in ("ghost", "ghost_bk", "hooks"):
-        slm.load_adapter_state(model, init)
+        load_adapter_state(model, init)
         ledger: dict = {}
         r = dp_train_steps(model, tok, splits.task, private, ledger=ledger,
                            dp_cfg=PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode), **cfg)
@@ -63,7 +64,7 @@ def test_dp_sgd_and_dp_generator_on_smollm2(splits, one_thread) -> None:  # type
     assert runs["ghost"] == pytest.approx(runs["hooks"], rel=1e-3, nan_ok=True)
     assert runs["ghost_bk"] == pytest.approx(runs["hooks"], rel=1e-3, nan_ok=True)
 
-    slm.load_adapter_state(model, init)
+    load_adapter_state(model, init)
     gen = GeneratorConfig(batch_size=4, lr=1e-3, max_length=48, samples_per_label=2, oversample=2,
                           max_new_tokens=16, min_words=2, sample_batch=4)
     ledger = {}
@@ -75,7 +76,7 @@ def test_dp_sgd_and_dp_generator_on_smollm2(splits, one_thread) -> None:  # type
     assert batch.stats["generated"] >= 4 and all(e.label in (0, 1) for e in batch.examples)
     assert batch.examples, "no synthetic example survived filtering"
 
-    from estuary.privacy.audit import audit_generators
+    from estuary.platform.audit import audit_generators
 
     results = audit_generators(model, tok, splits.task, private, private, list(splits.test[:16]),
                                dp_cfg=PrivacyConfig(target_epsilon=3.0, delta=1e-3), gen_cfg=gen, seed=0, steps=3)
@@ -94,22 +95,22 @@ def test_dp_sgd_trains_gemma3_lora_as_fdkt_hetero_does(splits, one_thread) -> No
     if not is_installed(ALIASES["gemma3-270m"]):
         pytest.skip(f"weights of gemma3-270m not installed: {ALIASES['gemma3-270m'].pip_command}")
     gemma_dir = prepare_model("gemma3-270m")
-    base, tok = slm.load_base(str(gemma_dir))
+    base, tok = load_base(str(gemma_dir))
     frozen = {n: p.detach().clone() for n, p in base.named_parameters() if "layers.0.self_attn" in n}
-    model = slm.attach_lora(base, slm.LoraSpec(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj")),
+    model = attach_lora(base, LoraConfig(r=8, alpha=16, dropout=0.0, targets=["q_proj", "v_proj"]),
                             seed=0)
-    init = slm.adapter_state(model)
+    init = adapter_state(model)
     cfg = dict(steps=2, batch_size=4, lr=1e-2, max_length=40, seed=0)
     losses = {}
     for mode in ("auto", "hooks"):
-        slm.load_adapter_state(model, init)
+        load_adapter_state(model, init)
         r = dp_train_steps(model, tok, splits.task, list(splits.train[:16]), ledger={},
                            dp_cfg=PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode), **cfg)
         assert 0 < r.epsilon <= 3.0 and r.steps == 2 and all(torch.isfinite(torch.tensor(r.losses)))
         losses[r.clipping] = r.losses
     assert set(losses) == {"ghost_bk", "hooks"}  # LoRA A/B are nn.Linear: auto picks book-keeping
     assert losses["ghost_bk"] == pytest.approx(losses["hooks"], rel=1e-3)
-    after = slm.adapter_state(model)
+    after = adapter_state(model)
     assert any(not torch.equal(after[k], init[k]) for k in init), "the noised steps left the adapter as it was"
     seen = 0
     for name, p in model.named_parameters():

@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.evaluation import label_scores, label_token_ids
+from estuary.lm.encoding import label_token_ids
+from estuary.lm.loop import train_steps
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import attach_lora, load_base
+from estuary.lm.scoring import evaluate, label_scores
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +29,7 @@ MODEL_DIR = Path(os.environ.get("ESTUARY_SMOLLM2", "~/.cache/estuary/models/smol
 DTYPE = os.environ.get("ESTUARY_E2E_DTYPE", "float32")
 
 # Settings found to lift SST-2 dev accuracy from 0.82 (zero-shot) to 0.89-0.895 on seeds 0, 1, 2.
-LORA = slm.LoraSpec(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj"))
+LORA = LoraConfig(r=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj"])
 TRAIN = {"steps": 30, "batch_size": 8, "lr": 1e-3, "max_length": 128}
 TRAIN_SIZE = 512
 EVAL_SIZE = 200
@@ -46,9 +49,9 @@ def sst2() -> Iterator[dict[str, Any]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        base, tok = slm.load_base(str(MODEL_DIR), dtype=DTYPE)
+        base, tok = load_base(str(MODEL_DIR), dtype=DTYPE)
         began = time.perf_counter()
-        zero_shot = slm.evaluate(base, tok, evals.task, evals.eval, batch_size=16, max_length=128)
+        zero_shot = evaluate(base, tok, evals.task, evals.eval, batch_size=16, max_length=128)
         seconds = time.perf_counter() - began
         print(
             f"\nzero-shot ({DTYPE}): acc={zero_shot['accuracy']:.3f} loss={zero_shot['loss']:.3f} "
@@ -82,11 +85,11 @@ def test_lora_training_beats_zero_shot(sst2: dict[str, Any], seed: int) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        base, tok = slm.load_base(str(MODEL_DIR), dtype=DTYPE)
-        model = slm.attach_lora(base, LORA, seed=seed)
-        result = slm.train_steps(model, tok, task, train, seed=seed, **TRAIN)
+        base, tok = load_base(str(MODEL_DIR), dtype=DTYPE)
+        model = attach_lora(base, LORA, seed=seed)
+        result = train_steps(model, tok, task, train, seed=seed, **TRAIN)
         began = time.perf_counter()
-        trained = slm.evaluate(model, tok, task, sst2["eval"], batch_size=16, max_length=128)
+        trained = evaluate(model, tok, task, sst2["eval"], batch_size=16, max_length=128)
         eval_s = time.perf_counter() - began
     finally:
         torch.set_num_threads(threads)

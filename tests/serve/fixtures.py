@@ -37,10 +37,11 @@ def make_adapter(path: Path, seed: int, scale: float = 0.05) -> Path:
     """A peft LoRA folder for SmolLM2 with random (non-zero) B, so it visibly changes the model."""
     import torch
 
-    from estuary.actors import slm
+    from estuary.lm.lora import LoraConfig
+    from estuary.lm.model import attach_lora, load_base
 
-    model, _ = slm.load_base(str(MODEL_DIR))
-    peft_model = slm.attach_lora(model, slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=seed)
+    model, _ = load_base(str(MODEL_DIR))
+    peft_model = attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.0), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -57,7 +58,7 @@ def server_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     # float32 so the comparison with the reference engine is tight; 1 GiB KV cache; beside 2 client workers.
     return ServerConfig(
         model=str(MODEL_DIR), served_model_name="smollm2", dtype="float32", port=free_port(), app_name=APP,
-        kv_cache_gib=1, max_model_len=512, max_loras=2, num_cpus=0,
+        kv_cache_gib=1, max_model_len=512, max_loras=2, resources={"num_cpus": 0},
         adapter_root=str(tmp_path_factory.mktemp("adapters")),
     )
 

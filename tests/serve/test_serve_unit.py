@@ -34,27 +34,28 @@ def test_config_defaults_and_descriptions() -> None:
 
 
 def test_config_gpu_fraction_matches_memory() -> None:
-    half = ServerConfig(num_gpus=0.5)
+    half = ServerConfig(resources={"num_gpus": 0.5})
     assert half.memory_utilization() == 0.45 and half.tensor_parallel_size() == 1 and not half.engine_in_process()
-    assert ServerConfig(num_gpus=2).tensor_parallel_size() == 2
-    assert ServerConfig(num_gpus=1, gpu_memory_utilization=0.7).memory_utilization() == 0.7
+    assert ServerConfig(resources={"num_gpus": 2}).tensor_parallel_size() == 2
+    assert ServerConfig(resources={"num_gpus": 1}, gpu_memory_utilization=0.7).memory_utilization() == 0.7
     with pytest.raises(ValidationError, match="exceeds the GPU fraction"):
-        ServerConfig(num_gpus=0.25, gpu_memory_utilization=0.5)
-    with pytest.raises(ValidationError, match="needs num_gpus"):
+        ServerConfig(resources={"num_gpus": 0.25}, gpu_memory_utilization=0.5)
+    with pytest.raises(ValidationError, match="needs resources.num_gpus"):
         ServerConfig(gpu_memory_utilization=0.5)
     with pytest.raises(ValidationError, match="whole number"):
-        ServerConfig(num_gpus=1.5)
+        ServerConfig(resources={"num_gpus": 1.5})
     with pytest.raises(ValidationError, match="max_lora_rank"):
         ServerConfig(max_lora_rank=12)
-    opts = ServerConfig(num_gpus=0.5, resources={"llm": 1}).actor_options()
-    assert opts["num_gpus"] == 0.5 and opts["resources"] == {"llm": 1}
+    opts = ServerConfig(resources={"num_gpus": 0.5, "custom": {"llm": 1}}).actor_options()
+    assert opts["num_cpus"] == 0 and opts["num_gpus"] == 0.5 and opts["resources"] == {"llm": 1}
+    assert "resources" not in ServerConfig().actor_options()
 
 
 def test_config_cpu_environment() -> None:
     env = ServerConfig(cpu_threads=2, kv_cache_gib=1.5).replica_env()
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in ServerConfig(num_gpus=1).replica_env()
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in ServerConfig(resources={"num_gpus": 1}).replica_env()
 
 
 def test_public_api_is_lazy() -> None:
@@ -153,7 +154,7 @@ def test_adapter_file_checks(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- CLI
 def test_cli_config_sources(tmp_path: Path) -> None:
-    from estuary.serve.cli import add_serve_parser, load_server_config
+    from estuary.cli.serve import add_serve_parser, load_server_config
 
     job = tmp_path / "serve.yaml"
     job.write_text("server:\n  model: smollm2-135m\n  kv_cache_gib: 3\n")
@@ -171,6 +172,12 @@ def test_cli_config_sources(tmp_path: Path) -> None:
     cfg = load_server_config(str(run_job), {}, ["models.server=smollm2-135m"])
     assert (cfg.model, cfg.port) == ("smollm2-135m", 8100)
     assert load_server_config(str(run_job), {"model": "qwen2.5-0.5b"}, []).model == "qwen2.5-0.5b"
+    gpu_job = tmp_path / "gpu.yaml"  # --num-gpus sets server.resources.num_gpus and keeps the rest of resources
+    gpu_job.write_text("server:\n  resources: {num_cpus: 1, num_gpus: 1, custom: {estuary_server: 1}}\n")
+    cfg = load_server_config(str(gpu_job), {"num_gpus": 0.5}, [])
+    assert (cfg.resources.num_cpus, cfg.resources.num_gpus, cfg.resources.custom) == (1, 0.5, {"estuary_server": 1})
+    with pytest.raises(ConfigError, match="server.resources: num_gpus=1.5: use a fraction below 1 or a whole number"):
+        load_server_config(None, {"num_gpus": 1.5}, [])
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -241,7 +248,7 @@ def test_unschedulable_replica_message() -> None:
                      "resources available: {'CPU': 1.0}. Use `ray status` for more details.")
     assert _unschedulable(serve_message) == (
         "the Ray cluster has no room for the replica: it needs {'CPU': 2.0}, available {'CPU': 1.0}; lower "
-        "server.num_cpus / num_gpus / resources or free them")
+        "server.resources (num_cpus, num_gpus, custom) or free them")
     assert _unschedulable("Deploying new version.") is None
 
 

@@ -45,8 +45,8 @@ class FailingEngine(Engine):
 def _config(tmp_path: Path, **changes: Any) -> Any:
     from estuary.serve.config import ServerConfig
 
-    base = dict(model=str(MODEL_DIR), port=free_port(), kv_cache_gib=1, max_model_len=256, num_cpus=0,
-                adapter_root=str(tmp_path / "adapters"))
+    base = dict(model=str(MODEL_DIR), port=free_port(), kv_cache_gib=1, max_model_len=256,
+                resources={"num_cpus": 0}, adapter_root=str(tmp_path / "adapters"))
     return ServerConfig(**{**base, **changes})
 
 
@@ -72,8 +72,8 @@ def test_preflight_failures(ray_session: None, tmp_path: Path) -> None:
     if (MODEL_DIR / "config.json").is_file():
         with pytest.raises(ServerStartupError, match="not enough memory.*kv_cache_gib"):
             start_server(_config(tmp_path, kv_cache_gib=4096))
-        with pytest.raises(ServerStartupError, match="GPU"):
-            start_server(_config(tmp_path, num_gpus=1))
+        with pytest.raises(ServerStartupError, match=r"needs GPU=1.0 .*adjust server.resources.num_gpus$"):
+            start_server(_config(tmp_path, resources={"num_gpus": 1}))
 
 
 def test_unplaceable_replica_fails(ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,7 +95,7 @@ def test_unplaceable_replica_fails(ray_session: None, tmp_path: Path, monkeypatc
     monkeypatch.setattr(launcher, "UNSCHEDULABLE_S", 0.0)
     try:
         with pytest.raises(ServerStartupError, match=r"no room for the replica: it needs \{.CPU.: 2\.0"):
-            launcher.start_server(_config(tmp_path, app_name="estuary-test-unplaceable", num_cpus=2,
+            launcher.start_server(_config(tmp_path, app_name="estuary-test-unplaceable", resources={"num_cpus": 2},
                                           route_prefix="/unplaceable"), engine=FailingEngine, timeout_s=180)
     finally:
         ray.kill(holder)
@@ -161,7 +161,8 @@ def test_gpu_fraction(ray_session: None, tmp_path: Path) -> None:
         pytest.skip("the test cluster has no GPU resource")
     from estuary.serve.launcher import start_server, stop_server
 
-    cfg = _config(tmp_path, app_name="estuary-test-gpu", num_gpus=0.5, kv_cache_gib=None)
+    cfg = _config(tmp_path, app_name="estuary-test-gpu", resources={"num_gpus": 0.5},
+                  kv_cache_gib=None)
     assert cfg.memory_utilization() == 0.45 and not cfg.engine_in_process()
     server = start_server(cfg, timeout_s=600)
     try:

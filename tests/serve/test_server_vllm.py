@@ -106,7 +106,7 @@ def test_many_callers_and_streaming(llm: Any) -> None:
         def run(self, server: Any, prompts: list[str]) -> list[str]:
             return [c.text for c in server.generate(prompts, GenerationParams(max_tokens=6, temperature=0.0))]
 
-    workers = [ClientWorker.remote() for _ in range(2)]  # the deployment (num_cpus=0) fits beside them
+    workers = [ClientWorker.remote() for _ in range(2)]  # the deployment (resources.num_cpus=0) fits beside them
     refs = [w.run.remote(llm, PROMPTS) for w in workers]
 
     async def many() -> list[Any]:

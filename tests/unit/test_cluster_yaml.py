@@ -49,9 +49,9 @@ def test_setup_installs_the_project_with_gpu_extra_and_models(cluster: dict[str,
 
 
 def test_resource_names_are_documented() -> None:
-    from estuary.platform.clients_config import ResourcesConfig
+    from estuary.resources import Resources
 
-    help_text = ResourcesConfig.model_fields["custom"].description or ""
+    help_text = Resources.model_fields["custom"].description or ""
     readme = (REPO / "README.md").read_text()
     for name in ("estuary_client", "estuary_server"):
         assert name in help_text and name in readme

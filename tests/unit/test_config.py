@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from estuary.cli import main
+from estuary.config import ExperimentConfig
 from estuary.errors import ConfigError
-from estuary.platform.config import ExperimentConfig, explain, load_config
+from estuary.platform.loading import explain, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from estuary import registry
 from estuary.errors import ConfigError
-from estuary.platform import registry
 from estuary.strategies.crosslm import calibrate
 
 
@@ -83,8 +83,8 @@ def test_llm_trains_fresh_on_the_pool_or_continues_the_live_version_on_the_round
 
     from estuary.data.datasets import get_task
     from estuary.data.task import Example
-    from estuary.platform.config import load_config
-    from estuary.platform.registry import build_params, get
+    from estuary.platform.loading import load_config
+    from estuary.registry import build_params, get
     from estuary.strategies import crosslm
 
     cfg = load_config("jobs/crosslm-sst2.yaml", [f"method_params.llm_continue={str(llm_continue).lower()}"])
@@ -101,11 +101,50 @@ def test_llm_trains_fresh_on_the_pool_or_continues_the_live_version_on_the_round
         strategy._selected = [Example(text=t, label=i % 2) for i, t in enumerate(texts)]
         strategy._pool += [[ex.text, ex.label] for ex in strategy._selected]
         strategy.version, _ = strategy._train_llm(rnd, server)  # type: ignore[arg-type]
-    first, second = ([r["completion"] for r in c["records"]] for c in calls)
+    first, second = ([r["completion"] for r in c["records"] if r["prompt"].endswith("Text:")] for c in calls)
     assert first == [" a fine film\n", " dull\n"] and calls[0]["start"] is None
+    # task records by default (the paper trains the LLM on the selected data): the same samples, prompt → label
+    tasks = [(r["prompt"], r["completion"]) for r in calls[0]["records"] if not r["prompt"].endswith("Text:")]
+    assert tasks == [("Review: a fine film\nSentiment:", " negative"), ("Review: dull\nSentiment:", " positive")]
     assert calls[1]["seed"] == cfg.seed + 2
     if llm_continue:
         assert second == [" a joy\n"] and calls[1]["start"] == "crosslm@v1" and calls[1]["what"] == "continued"
     else:
         assert second == [" a fine film\n", " dull\n", " a joy\n"] and calls[1]["start"] is None
     assert registry.build_params("crosslm", {}).llm_continue is False
+
+
+def test_llm_task_records_are_the_default_and_generation_only_is_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper trains both sides on the selected data: the LLM gets every selected sample as a generation record
+    (label prompt → sample) and as a task record (task prompt → label word); llm_task_records=false is the old
+    generation-only setting."""
+    from types import SimpleNamespace
+
+    from estuary.data.datasets import get_task
+    from estuary.data.task import Example
+    from estuary.knowledge.prompts import generation_prompt
+    from estuary.platform.loading import load_config
+    from estuary.registry import build_params, get
+    from estuary.strategies import crosslm
+
+    assert registry.build_params("crosslm", {}).llm_task_records is True
+    sst2 = get_task("sst2")
+    for setting, expected in [([], 4), (["method_params.llm_task_records=false"], 2)]:
+        cfg = load_config("jobs/crosslm-sst2.yaml", setting)
+        strategy = get("crosslm")(cfg, build_params("crosslm", cfg.params_of("crosslm")))
+        seen: list[list[dict]] = []
+
+        def fake_train(strat, rnd, server, records, config, what, start=None, seen=seen):  # type: ignore[no-untyped-def]
+            seen.append(records)
+            return "crosslm@v1", {}
+
+        monkeypatch.setattr(crosslm, "train_server_adapter", fake_train)
+        strategy._selected = [Example(text="a joy to watch", label=1), Example(text="a chore", label=0)]
+        strategy._pool = [[ex.text, ex.label] for ex in strategy._selected]
+        strategy._train_llm(1, SimpleNamespace(task=sst2))  # type: ignore[arg-type]
+        assert len(seen[0]) == expected
+        assert seen[0][:2] == [{"prompt": generation_prompt(sst2, 1), "completion": " a joy to watch\n"},
+                               {"prompt": generation_prompt(sst2, 0), "completion": " a chore\n"}]
+        if expected == 4:
+            assert seen[0][2:] == [{"prompt": "Review: a joy to watch\nSentiment:", "completion": " positive"},
+                                   {"prompt": "Review: a chore\nSentiment:", "completion": " negative"}]

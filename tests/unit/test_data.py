@@ -211,7 +211,11 @@ def test_missing_file_names_path_and_setting(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         load_splits("sst2", root=tmp_path)
     msg = str(exc.value)
-    assert "sst2/train.txt" in msg and "data.root" in msg and "ESTUARY_DATA" in msg and "\n" not in msg
+    assert "/sst2 not found" in msg and "data.root" in msg and "ESTUARY_DATA" in msg and "\n" not in msg
+    (tmp_path / "sst2").mkdir()
+    _write(tmp_path, "sst2/dev.txt", "0 bad\n")
+    with pytest.raises(DataError, match=r"data\.task\.splits\.train: .*sst2 has no split 'train' \(it has: dev\)"):
+        load_splits("sst2", root=tmp_path)
 
 
 def _write(root: Path, rel: str, text: str) -> None:
@@ -224,16 +228,26 @@ def test_malformed_rows_name_file_and_line(tmp_path: Path) -> None:
     _write(tmp_path, "sst2/train.txt", "1 good film\n2 what\n")
     _write(tmp_path, "sst2/dev.txt", "0 bad\n")
     _write(tmp_path, "sst2/test.txt", "0 bad\n")
-    with pytest.raises(DataError, match=r"sst2/train\.txt:2:"):
+    with pytest.raises(DataError, match=r"sst2/train\.txt, row 1 \(sst2/train/1\): label value '2' is not in"):
+        load_splits("sst2", root=tmp_path)
+    _write(tmp_path, "sst2/train.txt", "1 good film\n0\n")
+    with pytest.raises(DataError, match=r"sst2/train\.txt:2: expected '<label> <text>'"):
         load_splits("sst2", root=tmp_path)
     _write(tmp_path, "rte/train.jsonl", '{"premise": "a", "hypothesis": "b", "label": "maybe"}\n')
-    with pytest.raises(DataError, match=r"rte/train\.jsonl:1:"):
+    _write(tmp_path, "rte/val.jsonl", '{"premise": "a", "hypothesis": "b", "label": "entailment"}\n')
+    with pytest.raises(DataError, match=r"rte/train\.jsonl, row 0 \(rte/train/0\): label value 'maybe'"):
         load_splits("rte", root=tmp_path)
     _write(tmp_path, "yelp/dev.csv", 'text,label1,label2\n"ok",Business Category: Bars,Review Stars: 9.0\n')
-    with pytest.raises(DataError, match=r"yelp/dev\.csv:2:"):
+    with pytest.raises(DataError, match=r"yelp/dev\.csv, row 0 \(yelp/dev/0\): label value 'Review Stars: 9\.0'"):
+        load_splits("yelp", root=tmp_path)
+    _write(tmp_path, "yelp/dev.csv", 'text,label1,label2\n"ok",Bars,Review Stars: 2.0\n')
+    with pytest.raises(DataError, match=r"domain value 'Bars' does not match data\.task\.extract\.domain"):
         load_splits("yelp", root=tmp_path)
     _write(tmp_path, "agnews/test.csv", 'Class Index,Title,Description\n5,"t","d"\n')
-    with pytest.raises(DataError, match=r"agnews/test\.csv:2:"):
+    with pytest.raises(DataError, match=r"agnews/test\.csv, row 0 \(agnews/test/0\): label value '5'"):
+        load_splits("agnews", root=tmp_path)
+    _write(tmp_path, "agnews/test.csv", 'Class Index,Title,Description\n1,"",""\n')
+    with pytest.raises(DataError, match=r"agnews/test\.csv, row 0 \(agnews/test/0\): empty text"):
         load_splits("agnews", root=tmp_path)
 
 

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.distildp import synthetic_example, teacher_targets
-from estuary.actors.distill import DistillExample, distill_example, distill_steps
-from estuary.actors.dp_generator import control_template
+from estuary.client.dp_generator import control_template
 from estuary.data import get_task
 from estuary.data.task import Example
 from estuary.errors import ConfigError
-from estuary.platform.config import load_config
-from estuary.train.objective import hidden_mse_loss, objective
+from estuary.lm.distill import DistillExample, distill_example, distill_steps
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora, load_adapter_state, load_base
+from estuary.lm.objective import hidden_mse_loss, objective
+from estuary.platform.loading import load_config
+from estuary.strategies.distildp_client import synthetic_example, teacher_targets
 from tests.conftest import build_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,8 +86,8 @@ def test_e2e_samples_parse_into_meaning_representation_and_target() -> None:
 
 @pytest.fixture(scope="module")
 def student(tiny_model_dir: Path) -> tuple[Any, Any]:
-    model, tok = slm.load_base(str(tiny_model_dir))
-    return slm.attach_lora(model, slm.LoraSpec(r=4, alpha=8, dropout=0.0), seed=0), tok
+    model, tok = load_base(str(tiny_model_dir))
+    return attach_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=0), tok
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +96,8 @@ def wide_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     words = ["the eagle is a pub near the river", "great food and friendly staff in the city centre",
              "name eattype pub food english", "the movie was good"]
     path = build_tiny_model(tmp_path_factory.mktemp("teacher"), words * 3, hidden_size=48)
-    model, tok = slm.load_base(str(path))
-    return slm.attach_lora(model, slm.LoraSpec(r=4, alpha=8, dropout=0.0), seed=1), tok
+    model, tok = load_base(str(path))
+    return attach_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), seed=1), tok
 
 
 TEXTS = ["the movie was good", "great food and friendly staff"]
@@ -146,7 +147,7 @@ def test_other_tokenizer_and_width_map_rows_into_the_students_vocabulary(student
     # the student learns through a projection 32 → 48; the projection and the adapter both move
     ex = [DistillExample(*_base(t), t.hidden, t.hidden_mask) for t in got]
     proj = torch.nn.Parameter(torch.randn(48, 32, generator=torch.Generator().manual_seed(0)) / 32**0.5)
-    before, proj0 = slm.adapter_state(s_model), proj.detach().clone()
+    before, proj0 = adapter_state(s_model), proj.detach().clone()
     try:
         res = distill_steps(s_model, s_tok, ex, steps=6, batch_size=2, lr=5e-2, seed=0, distill_weight=0.4,
                             hidden_weight=1.0, projection=proj)
@@ -156,7 +157,7 @@ def test_other_tokenizer_and_width_map_rows_into_the_students_vocabulary(student
         assert not torch.equal(proj.detach(), proj0)
         assert "distill.projection" in res.optimizer_state["param_names"]
     finally:
-        slm.load_adapter_state(s_model, before)
+        load_adapter_state(s_model, before)
 
 
 def _base(t: Any) -> tuple[list[int], list[int], list[list[int]], list[list[float]]]:
@@ -192,18 +193,46 @@ def test_distildp_refuses_classification_tasks_and_mixed_students(tmp_path: Path
 
 
 def test_methods_listing_shows_distildps_own_generator_defaults() -> None:
-    from estuary.platform.registry import describe
+    from estuary.registry import describe
 
     rows = {k: v for k, v, _ in describe("distildp")}
     assert rows["generator.samples_per_label"] == "64" and rows["generator.max_new_tokens"] == "96"
     assert rows["distill_weight"] == "0.4"
 
 
+def test_faithful_defaults_a_larger_teacher_no_hidden_term_and_the_kd_reduction(tmp_path: Path) -> None:
+    """The paper compresses (GPT-2-Large → DistilGPT-2): a Qwen teacher for SmolLM2 students by default; the
+    published commands set alpha_cos = 0 (no hidden-state term); the KL's reduction is an option. The teacher is
+    privacy.generator_model when the job sets one, and the client's own SLM when neither is set."""
+    from estuary.registry import build_params, get
+    from estuary.strategies.distildp_config import DEFAULT_TEACHER
+
+    p = build_params("distildp", {})
+    assert p.teacher_model == DEFAULT_TEACHER == "qwen2.5-0.5b" and p.hidden_weight == 0.0
+    assert p.distill_weight == 0.4 and p.temperature == 1.0 and p.kd_reduction == "batchmean"
+    assert build_params("distildp", {"kd_reduction": "token_mean"}).kd_reduction == "token_mean"
+    with pytest.raises(ConfigError, match="kd_reduction"):
+        build_params("distildp", {"kd_reduction": "sum"})
+    job = tmp_path / "job.yaml"
+    job.write_text("method: distildp\nbaselines: [dp_standalone]\ndata: {task: e2e}\n")
+    cfg = load_config(job)
+    assert get("distildp").generator_model(cfg) == "qwen2.5-0.5b"
+    assert get("dp_standalone").generator_model(cfg) is None  # the DP-SGD student trains the SLM itself
+    cfg = load_config(job, ["privacy.generator_model=gemma3-270m"])
+    assert get("distildp").generator_model(cfg) == "gemma3-270m"
+    cfg = load_config(job, ["method_params.teacher_model=null"])
+    assert get("distildp").generator_model(cfg) is None
+    for name in ("distildp-yelp", "distildp-e2e"):  # the CPU jobs take the defaults
+        cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{name}.yaml")
+        assert get("distildp").generator_model(cfg) == "qwen2.5-0.5b"
+        assert build_params("distildp", cfg.method_params).hidden_weight == 0.0
+
+
 def _teach_in_process(tmp_path: Path, model_dir: Path, task: str, max_length: int,
                       epsilon: float | None) -> tuple[Any, dict[str, Any]]:
     """DistilDP's teach phase for two clients on the tiny model, in this process (no Ray): (strategy, egress)."""
-    from estuary.actors.worker import ClientWorker
-    from estuary.platform.registry import build_params, get
+    from estuary.client.worker import ClientWorker
+    from estuary.registry import build_params, get
     from tests.conftest import tiny_job
 
     job = tiny_job(tmp_path, model_dir, method="distildp", baselines=[], rounds=1, clients={"count": 2},
@@ -212,7 +241,7 @@ def _teach_in_process(tmp_path: Path, model_dir: Path, task: str, max_length: in
                    privacy={"target_epsilon": epsilon},
                    method_params={"generator": {"epochs": 1, "batch_size": 4, "max_length": max_length,
                                                 "samples_per_label": 3, "max_new_tokens": 12, "min_words": 1},
-                                  "topk": 4})
+                                  "topk": 4, "teacher_model": None})  # the tiny SLM teaches itself
     cfg = load_config(base=job)
     worker = ClientWorker(cfg.model_dump_json(), {str(model_dir): str(model_dir)}, "w", 1)
     strategy = get("distildp")(cfg, build_params("distildp", cfg.params_of("distildp")))
@@ -233,7 +262,7 @@ def test_teach_with_privacy_off_reports_non_private_not_infinite_epsilon(tmp_pat
 
 
 def test_egress_refuses_infinite_metrics_in_one_line() -> None:
-    from estuary.actors.egress import Egress
+    from estuary.wire import Egress
 
     with pytest.raises(ValueError, match="metric 'privacy/epsilon' is not a finite number"):
         Egress("c000", 1, "s", metrics={"privacy/epsilon": math.inf})
@@ -246,7 +275,7 @@ def test_a_round_where_no_teacher_sample_parses_fails_in_one_line_and_keeps_the_
     from types import SimpleNamespace
 
     from estuary.errors import RoundFailed
-    from estuary.platform.strategy import RoundOutcome
+    from estuary.wire import RoundOutcome
 
     strategy, sent = _teach_in_process(tmp_path, tiny_model_dir, "e2e", 64, 8.0)
     # the tiny model's vocabulary (SST-2 words) has no brackets: no sample can carry a meaning representation
@@ -264,7 +293,7 @@ def test_a_round_where_no_teacher_sample_parses_fails_in_one_line_and_keeps_the_
 def test_e2e_generator_writes_from_inside_the_format(student: tuple[Any, Any]) -> None:
     """E2E's public prefix ends the DP generator's prompt: it learns what follows `name[`, and its samples get
     the prefix back (an ε = 2 teacher without it never wrote a parseable sample)."""
-    from estuary.actors.dp_generator import GeneratorConfig, generator_examples, sample_synthetic
+    from estuary.client.dp_generator import GeneratorConfig, generator_examples, sample_synthetic
 
     assert control_template(E2E).endswith("\nText: name[") and "name[" not in control_template(YELP)
     [g] = generator_examples(E2E, [Example(text="name[Alimentum], area[city centre]", target=" A place.")])

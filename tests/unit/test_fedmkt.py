@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.distill import distill_example, distill_steps, public_sequences, topk_knowledge
+from estuary.client.knowledge_transfer import public_sequences, topk_knowledge
 from estuary.data.task import Example, Task
 from estuary.knowledge.alignment import VocabMapping
+from estuary.lm.distill import distill_example, distill_steps
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora, load_adapter_state, load_base
 from estuary.serve.types import PositionTopK, TextTopK, TopKLogprobs
 from estuary.strategies.fedmkt_knowledge import (
     KnowledgeRejected,
@@ -26,6 +29,7 @@ from estuary.strategies.fedmkt_knowledge import (
     mutual_exchange,
     topk_cross_entropy,
 )
+from estuary.wire import ClientTask
 
 SST2 = Task(name="toy", kind="classification", template="Review: {text}\nSentiment:",
             label_words=(" negative", " positive"), label_names=("negative", "positive"))
@@ -87,8 +91,8 @@ def test_missing_payload_is_rejected() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    model, tok = slm.load_base(str(tiny_model_dir))
-    return slm.attach_lora(model, slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=0), tok
+    model, tok = load_base(str(tiny_model_dir))
+    return attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.0), seed=0), tok
 
 
 def test_client_topk_payload_passes_the_server_checks(tiny: tuple[Any, Any]) -> None:
@@ -113,7 +117,7 @@ def test_distill_steps_moves_the_model_towards_a_fixed_target(tiny: tuple[Any, A
         rows = ([list(target_ids) for _ in ids], [list(target_lps) for _ in ids])
         examples.append(distill_example(ids, start, rows, lm_loss="completion"))
     assert [sum(t != -100 for t in ex.labels) for ex in examples] == [1, 1, 1]  # the label word only
-    before = slm.adapter_state(model)
+    before = adapter_state(model)
     try:
         res = distill_steps(model, tok, examples, steps=8, batch_size=3, lr=3e-2, seed=0, distill_weight=1.0)
         kd = res.kd_losses  # a random tiny model with LoRA on q/v: the KL falls, slowly (about 6.1 → 5.7)
@@ -125,7 +129,7 @@ def test_distill_steps_moves_the_model_towards_a_fixed_target(tiny: tuple[Any, A
         assert all(a > 0 for a in again.lm_losses) and again.losses[0] == pytest.approx(
             0.9 * again.lm_losses[0] + 0.1 * again.kd_losses[0], rel=1e-4)
     finally:
-        slm.load_adapter_state(model, before)
+        load_adapter_state(model, before)
 
 
 def test_distill_example_masks() -> None:
@@ -263,7 +267,7 @@ def test_exchange_metrics_and_rows() -> None:
 
 def test_config_validation() -> None:
     from estuary.errors import ConfigError
-    from estuary.platform.registry import build_params
+    from estuary.registry import build_params
 
     p = build_params("fedmkt", {"top_k": 8, "selection": "weighted_mean"})
     assert p.top_k == 8 and p.distill_weight == 0.1 and p.temperature == 1.0
@@ -276,20 +280,145 @@ def test_config_validation() -> None:
 @pytest.mark.parametrize("job", ["fedmkt-sst2", "fedmkt-sst2-homo", "fedmkt-sst2-one2one", "fedmkt-agnews",
                                  "fedmkt-rte"])
 def test_jobs_load(job: str) -> None:
-    from estuary.platform.config import load_config
+    from estuary.platform.loading import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / f"{job}.yaml")
-    assert cfg.method == "fedmkt" and cfg.baselines == ["zero_shot", "standalone", "centralized", "llm_centralized"]
+    assert cfg.method == "fedmkt" and cfg.baselines[:4] == ["zero_shot", "standalone", "centralized", "llm_centralized"]
+    models = {cfg.models.for_client(i) for i in range(cfg.clients.count)}
+    assert ("fedavg" in cfg.baselines) == (len(models) == 1 and cfg.clients.count > 1)  # FedAvg: homogeneous, ≥ 2
     assert cfg.method_params["top_k"] <= cfg.server.max_logprobs
 
 
-def test_top_k_beyond_the_servers_logprobs_is_one_line_at_load() -> None:
-    from estuary.errors import ConfigError
-    from estuary.platform.config import load_config
+def test_top_k_is_clamped_to_the_servers_logprobs() -> None:
+    """Published k = 128 is the default; a deployment that returns fewer (server.max_logprobs) clamps it for the
+    LLM and the clients alike, instead of refusing the job."""
+    from estuary.platform.loading import load_config
+    from estuary.registry import build_params, get
 
+    assert build_params("fedmkt", {}).top_k == 128
     job = Path(__file__).resolve().parents[2] / "jobs" / "fedmkt-sst2.yaml"
-    with pytest.raises(ConfigError, match=r"method_params.top_k 128 exceeds server.max_logprobs 20, .* "
-                                          r"set server.max_logprobs: 128"):
-        load_config(job, ["method_params.top_k=128"])
-    cfg = load_config(job, ["method_params.top_k=128", "server.max_logprobs=128"])
-    assert cfg.method_params["top_k"] == 128
+    for overrides, k in (([], 128), (["server.max_logprobs=20"], 20), (["method_params.top_k=16"], 16)):
+        cfg = load_config(job, overrides)
+        strategy = get("fedmkt")(cfg, build_params("fedmkt", cfg.method_params))
+        assert strategy.top_k() == k
+
+
+# ------------------------------------------------------------------------------ the round's order (no Ray)
+
+
+class FakeLLM:
+    """The deployment's top-k on the one public text, different per adapter version, every call recorded. The
+    LLM's own CE (0.1 a token) beats the client's (0.5): the LLM keeps itself, the client takes the LLM."""
+
+    ROWS = {None: [([2, 5], ln(0.5, 0.3))] * 4, "fedmkt@v1": [([3, 6], ln(0.6, 0.2))] * 4,
+            "fedmkt@v2": [([4, 1], ln(0.7, 0.1))] * 4}
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, int]] = []
+
+    def topk_logprobs(self, texts: list[str], k: int = 5, adapter: str | None = None) -> TopKLogprobs:
+        self.calls.append((adapter, k))
+        item = text([1, 2, 3, 4], self.ROWS[adapter])
+        item = TextTopK(text=item.text, token_ids=item.token_ids, tokens=item.tokens, topk=item.topk,
+                        token_logprobs=[None, -0.1, -0.1, -0.1])
+        return TopKLogprobs(model="llm", adapter=adapter, k=k, engine="fake", dtype="float32", texts=[item])
+
+
+def _fedmkt_round_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **params: Any) -> tuple[Any, Any, list]:
+    """FedMKT on one client whose model has the LLM's vocabulary ("b" of FakeVocab), one public text, a fake
+    deployment, and a fake LLM fine-tune that publishes fedmkt@v<round> and keeps the records it was given."""
+    from estuary.platform.loading import load_config
+    from estuary.registry import build_params, get
+    from estuary.strategies.fedmkt import FedMKT
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, tmp_path, method="fedmkt", baselines=[], clients={"count": 1},
+                   models={"client": "b"}, server={"model": "llm", "max_logprobs": 20},
+                   method_params={"public_size": 1, "lm_loss": "text", "llm_eval_size": 0, **params})
+    cfg = load_config(base=job)
+    strategy = get("fedmkt")(cfg, build_params("fedmkt", cfg.method_params))
+    strategy.vocab = FakeVocab()  # type: ignore[assignment]
+    trained: list[list[dict[str, Any]]] = []
+
+    def fake_train(self: Any, rnd: int, server: Any, records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
+        trained.append(records)
+        return f"fedmkt@v{rnd}", {}
+
+    monkeypatch.setattr(FedMKT, "_train_llm", fake_train)
+    rows: list[dict[str, Any]] = []
+    server = SimpleNamespace(llm=FakeLLM(), task=SST2, log=lambda msg: rows.append({"log": msg}),
+                             record=lambda name, r: rows.extend(r))
+    return strategy, server, [trained, rows]
+
+
+def _fedmkt_round(strategy: Any, server: Any, rnd: int) -> tuple[dict[str, float], list[Any]]:
+    from estuary.wire import Egress, RoundOutcome
+
+    client = payload([text([1, 2, 3, 4], [([2, 5], ln(0.9, 0.05))] * 4)], model="b")
+    outcome = RoundOutcome(results={"c000": Egress("c000", rnd, "fedmkt", payload={"topk": client.to_dict()})},
+                           failures={})
+    metrics = strategy.server_step(rnd, strategy.aggregate(rnd, outcome), server)
+    (task,) = strategy.configure_followup(rnd, outcome)
+    return metrics, task.params["targets"]
+
+
+def test_slms_distil_from_the_llm_version_published_this_round(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """The reference recomputes the LLM's logits after its update (on_epoch_end) and the SLMs distil from
+    those: round r's LLM trains on knowledge from the version before, publishes v_r, and the clients' targets
+    come from v_r's top-k. That top-k is also the LLM's own candidate in round r+1 (no second call for it)."""
+    strategy, server, (trained, rows) = _fedmkt_round_setup(monkeypatch, tmp_path)
+    metrics, targets = _fedmkt_round(strategy, server, 1)
+    assert server.llm.calls == [(None, 20), ("fedmkt@v1", 20)]  # k = 128 clamped to max_logprobs 20
+    assert trained[0][0]["topk_ids"][0] == [2, 5]  # the LLM trained towards itself before its update
+    assert targets[0][0] == [[3, 6]] * 4 and targets[0][1][0] == pytest.approx(ln(0.6, 0.2))  # v1's rows
+    assert metrics["llm/adapter_version"] == metrics["llm/slm_targets_version"] == 1.0
+    assert metrics["knowledge/k"] == 20 and metrics["select/clients_took_llm"] == 1
+    server_row = next(r for r in rows if r.get("client") == "server")
+    assert server_row["adapter"] is None and server_row["targets_adapter"] == "fedmkt@v1"
+    assert any("clamped to server.max_logprobs 20" in r.get("log", "") for r in rows)
+    metrics, targets = _fedmkt_round(strategy, server, 2)
+    assert server.llm.calls[2:] == [("fedmkt@v2", 20)]  # round 2's own candidate is v1's cached top-k
+    assert trained[1][0]["topk_ids"][0] == [3, 6] and targets[0][0] == [[4, 1]] * 4
+    assert metrics["llm/slm_targets_version"] == 2.0
+
+
+def test_previous_round_targets_keep_the_old_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    strategy, server, _ = _fedmkt_round_setup(monkeypatch, tmp_path, slm_targets="previous_round")
+    metrics, targets = _fedmkt_round(strategy, server, 1)
+    assert server.llm.calls == [(None, 20)] and targets[0][0] == [[2, 5]] * 4
+    assert metrics["llm/adapter_version"] == 1.0 and metrics["llm/slm_targets_version"] == 0.0
+    metrics, targets = _fedmkt_round(strategy, server, 2)
+    assert server.llm.calls[1:] == [("fedmkt@v1", 20)] and targets[0][0] == [[3, 6]] * 4
+
+
+def test_both_sides_pass_over_the_public_set_once_a_round(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """public_epochs (1.0) sets the steps: ceil(epochs × public samples / batch), the LLM's batch its global one
+    (micro_batch_size × grad_accum × workers); explicit distill_steps / llm_train.steps win."""
+    from estuary.lm.seeding import epoch_steps
+    from estuary.strategies import fedmkt as fedmkt_module
+
+    assert [epoch_steps(256, 8), epoch_steps(256, 4), epoch_steps(6, 4), epoch_steps(5, 4, 2.0)] == [32, 64, 2, 3]
+    assert epoch_steps(1, 8) == 1 and epoch_steps(10, 4, 0.5) == 2 and epoch_steps(12, 4, 0.1) == 1
+    with pytest.raises(ValueError):
+        epoch_steps(0, 4)
+    strategy, server, _ = _fedmkt_round_setup(monkeypatch, tmp_path)
+    monkeypatch.undo()  # the real _train_llm, with the fine-tune itself faked
+    configs: list[dict[str, Any]] = []
+    monkeypatch.setattr(fedmkt_module, "train_server_adapter",
+                        lambda s, rnd, srv, records, config, **kw: (configs.append(config), ("v", {}))[1])
+    records = [{"input_ids": [1, 2]}] * 10
+    strategy.params.llm_train = {"workers": 2, "micro_batch_size": 2}
+    strategy._train_llm(1, server, records)
+    strategy.params.llm_train = {"workers": 1, "micro_batch_size": 2, "grad_accum": 2, "steps": 7}
+    strategy._train_llm(1, server, records)
+    assert [c["steps"] for c in configs] == [3, 7]  # ceil(10 / 4); the explicit steps
+    seen: list[int] = []
+    monkeypatch.setattr("estuary.client.knowledge_transfer.client_distill",
+                        lambda ctx, rnd, public, targets, *, steps, **kw: seen.append(steps))
+    ctx = SimpleNamespace(egress=lambda task, **kw: kw, evaluate=lambda task: {})
+    public = [PUBLIC[0]] * 20
+    strategy.client_step(ctx, ClientTask("c000", 1, kind="distill", params={"public": public, "targets": [1]}))
+    strategy.params.distill_steps = 3
+    strategy.client_step(ctx, ClientTask("c000", 1, kind="distill", params={"public": public, "targets": [1]}))
+    assert seen == [5, 3]  # ceil(20 / training.batch_size 4); the explicit steps

@@ -64,9 +64,11 @@ def test_filter_counts_every_stage(embedder: TextEmbedder) -> None:
         judged.extend(clusters)
         return [(label == 1, "Yes" if label == 1 else "No") for label, _ in clusters]
 
-    cfg = FilterConfig(near_duplicate=0.9, clusters_per_label=2, judge_examples=2)
+    cfg = FilterConfig(near_duplicate=0.9, clustering="per_label", clusters_per_label=2, judge_examples=2,
+                       judge_scope="per_cluster", judge_mode="ask")  # the per-cluster options
     res = filter_examples(examples, SST2, cfg, embed=embedder.embed, judge=judge, seed=0)
-    assert res.stats == {"input": 11, "invalid": 2, "duplicate": 1, "near_duplicate": 1, "judged_out": 3, "kept": 4}
+    assert res.stats == {"input": 11, "invalid": 2, "duplicate": 1, "near_duplicate": 1, "judged_out": 3, "kept": 4,
+                         "judge_prompts": 0, "judge_unparsed": 0, "judge_out_of_range": 0}
     assert sorted(e.text for e in res.kept) == sorted(pos)
     assert len(judged) == 4 and all(len(texts) <= 2 for _, texts in judged)
     assert sum(c["size"] for c in res.clusters) == 7 and {c["kept"] for c in res.clusters} == {True, False}
@@ -135,9 +137,9 @@ def test_classify_judge_keeps_clusters_the_llm_labels_as_claimed() -> None:
 def test_classify_judge_tolerance_accepts_neighbouring_ordinal_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     """Star ratings are ordinal: with tolerance 1 a 3-star cluster the LLM reads as 2 and 4 stars passes; a
     1-star cluster read as 4 and 5 stars still fails. Tolerance 0 is the exact-label judge."""
+    from estuary import registry
     from estuary.errors import ConfigError
     from estuary.knowledge import llm_eval
-    from estuary.platform import registry
 
     yelp = get_task("yelp")
     assert yelp.num_labels == 5

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from estuary.actors.egress import Egress
 from estuary.errors import ConfigError
 from estuary.platform.records import Recorder, read_jsonl
-from estuary.platform.registry import build_params, describe
-from estuary.platform.strategy import RoundOutcome
+from estuary.registry import build_params, describe
+from estuary.wire import Egress, RoundOutcome
 
 
 def eg(cid: str, **metrics: float) -> Egress:
@@ -19,9 +18,11 @@ def eg(cid: str, **metrics: float) -> Egress:
 
 def test_then_merges_phases() -> None:
     first = RoundOutcome({"a": eg("a", x=1.0, y=1.0), "b": eg("b", x=2.0)}, {"c": "boom"}, attempts=4)
+    first.results["a"].examples = 24  # e.g. FedAvg: trained in the first phase, evaluated in the later one
     later = RoundOutcome({"a": eg("a", y=5.0)}, {"b": "oom"}, attempts=2)
     both = first.then(later)
     assert both.results["a"].metrics == {"x": 1.0, "y": 5.0}  # the later phase wins on shared keys
+    assert both.results["a"].examples == 24  # the round's examples: both phases'
     assert set(both.results) == {"a"} and both.failures == {"b": "oom", "c": "boom"} and both.attempts == 6
     recovered = RoundOutcome({}, {"a": "x"}).then(RoundOutcome({"a": eg("a")}, {}))
     assert recovered.failures == {} and recovered.ok == 1

@@ -9,14 +9,17 @@ import math
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.egress import Egress
+from estuary.config import PrivacyConfig
+from estuary.config.privacy import per_client_delta
 from estuary.data.task import Example
 from estuary.errors import ConfigError
-from estuary.platform.config import PrivacyConfig, load_config
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora
+from estuary.platform.loading import load_config
 from estuary.platform.records import Recorder
 from estuary.privacy.dp_sgd import dp_train_steps
-from estuary.privacy.ledger import BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger, default_delta
+from estuary.privacy.ledger import BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger
+from estuary.wire import Egress
 from tests.unit.test_slm import SST2, examples, make_model
 
 EXAMPLES = examples() * 4  # 32
@@ -27,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora_model(tok, dropout: float = 0.0):  # type: ignore[no-untyped-def]
-    return slm.attach_lora(make_model(len(tok)), slm.LoraSpec(r=4, alpha=8, dropout=dropout), seed=1)
+    return attach_lora(make_model(len(tok)), LoraConfig(r=4, alpha=8, dropout=dropout), seed=1)
 
 
 def train(model, tok, ledger, cfg, **kw):  # type: ignore[no-untyped-def]
@@ -45,7 +48,9 @@ def train(model, tok, ledger, cfg, **kw):  # type: ignore[no-untyped-def]
         ("privacy.target_epsilon=-2", "privacy.target_epsilon", "null for ε = ∞"),
         ("privacy.budget_epsilon=0", "privacy.budget_epsilon", "ε must be > 0"),
         ("privacy.delta=1", "privacy.delta", "δ must be in (0, 1)"),
-        ("privacy.delta=1.5", "privacy.delta", "null uses 1/n^1.1"),
+        ("privacy.delta=1.5", "privacy.delta", "'1/n^1.1' derives it from each client's data size"),
+        ("privacy.delta=null", "privacy.delta", "null no longer means 1/n^1.1; write '1/n^1.1'"),
+        ("privacy.delta=often", "privacy.delta", "or '1/n^1.1'"),
         ("privacy.noise_multiplier=0", "privacy.noise_multiplier", "greater than 0"),
         ("privacy.clipping=fast", "privacy.clipping", "'auto', 'ghost', 'ghost_bk' or 'hooks'"),
     ],
@@ -82,7 +87,7 @@ def test_run_with_a_model_opacus_cannot_train_stops_before_any_actor(
     import yaml
 
     from estuary.cli import main
-    from estuary.privacy.preflight import uses_privacy
+    from estuary.platform.preflight import uses_privacy
     from tests.conftest import tiny_job
 
     job = tiny_job(tmp_path, tiny_model_dir, method="dp_standalone", baselines=["standalone"],
@@ -141,11 +146,11 @@ def test_budget_refusal_trains_nothing_and_is_logged(tok) -> None:  # type: igno
     cfg = PrivacyConfig(noise_multiplier=0.8, target_epsilon=None, budget_epsilon=5.0, delta=1e-3)
     first = train(model, tok, ledger, cfg)
     assert not first.refused and first.epsilon < 5.0
-    before = {k: v.clone() for k, v in slm.adapter_state(model).items()}
+    before = {k: v.clone() for k, v in adapter_state(model).items()}
     snapshot = copy.deepcopy(ledger)
     big = train(model, tok, ledger, cfg, steps=200)  # would overspend: refused before any step
     assert big.refused and "budget 5" in big.refusal and big.steps == 0 and big.losses == []
-    assert all(torch.equal(before[k], v) for k, v in slm.adapter_state(model).items())
+    assert all(torch.equal(before[k], v) for k, v in adapter_state(model).items())
     assert ledger["accountants"] == snapshot["accountants"] and ledger["epsilon"] == snapshot["epsilon"]
     assert ledger["entries"][-1]["op"] == "refused" and ledger["entries"][-1]["epsilon_after"] == first.epsilon
     with pytest.raises(BudgetExceeded, match="budget 5"):
@@ -164,7 +169,7 @@ def test_ghost_bk_and_hooks_clip_identically_and_leave_no_hooks(tok) -> None:  #
         model = lora_model(tok, dropout=0.1)
         r = train(model, tok, {}, PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode))
         assert r.clipping == mode and r.entry is not None and r.entry.clipping == mode
-        results[mode] = (r.losses, slm.adapter_state(model))
+        results[mode] = (r.losses, adapter_state(model))
         assert not any(hasattr(p, a) for p in model.parameters() for a in ("grad_sample", "_norm_sample"))
         assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
         assert not model.training  # restored
@@ -196,14 +201,14 @@ def test_physical_chunks_give_the_whole_batch_update(tok) -> None:  # type: igno
             cfg = PrivacyConfig(target_epsilon=3.0, delta=1e-3, clipping=mode, max_physical_batch_size=physical)
             r = train(model, tok, {}, cfg, batch_size=8, steps=3)
             assert r.steps == 3 and len(r.losses) == 3  # one noised (and accounted) step per Poisson batch
-            runs.append((r, slm.adapter_state(model)))
+            runs.append((r, adapter_state(model)))
         (whole, w_state), (chunked, c_state) = runs
         assert chunked.batch_sizes == whole.batch_sizes and max(whole.batch_sizes) > 3  # some batches chunked
         assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
         assert chunked.entry is not None and chunked.entry.epsilon_after == whole.epsilon
         for k, v in w_state.items():
             assert torch.allclose(v, c_state[k], atol=1e-5), (mode, k)
-        fresh = slm.adapter_state(lora_model(tok))
+        fresh = adapter_state(lora_model(tok))
         assert any(not torch.allclose(v, fresh[k]) for k, v in c_state.items())  # it did train
     with pytest.raises(ConfigError, match="max_physical_batch_size"):
         load_config("jobs/quickstart.yaml", ["privacy.max_physical_batch_size=0"])
@@ -231,10 +236,56 @@ def test_epochs_and_default_delta(tok) -> None:  # type: ignore[no-untyped-def]
     ledger: dict = {}
     r = dp_train_steps(lora_model(tok), tok, SST2, EXAMPLES, ledger=ledger, dp_cfg=PrivacyConfig(), epochs=1,
                        seed=0, **TRAIN)
-    assert r.steps == 8 and r.delta == pytest.approx(default_delta(32)) == pytest.approx(1 / 32**1.1)
+    assert PrivacyConfig().delta == 1e-5  # FDKT's published δ, whatever the client's size
+    assert r.steps == 8 and r.delta == 1e-5 and ledger["delta_source"] == "privacy.delta"
+    with pytest.raises(PrivacyError, match="keep privacy.delta unchanged"):
+        train(lora_model(tok), tok, ledger, PrivacyConfig(delta=1e-6))
+
+
+def test_named_per_client_delta_rule(tok) -> None:  # type: ignore[no-untyped-def]
+    assert load_config("jobs/quickstart.yaml", ["privacy.delta=1/n^1.1"]).privacy.delta == "1/n^1.1"
+    ledger: dict = {}
+    r = train(lora_model(tok), tok, ledger, PrivacyConfig(delta="1/n^1.1"))
+    assert r.delta == pytest.approx(per_client_delta(32)) == pytest.approx(1 / 32**1.1)
     assert ledger["delta_source"] == "1/n^1.1 (n=32)"
+    assert train(lora_model(tok), tok, ledger, PrivacyConfig(delta="1/n^1.1")).delta == r.delta  # fixed once
     with pytest.raises(PrivacyError, match="keep privacy.delta unchanged"):
         train(lora_model(tok), tok, ledger, PrivacyConfig(delta=1e-5))
+
+
+def test_delta_at_or_above_one_over_n_is_refused_when_charged(tok) -> None:  # type: ignore[no-untyped-def]
+    ledger: dict = {}
+    with pytest.raises(PrivacyError) as err:  # 32 examples: 1/n = 0.03125
+        train(lora_model(tok), tok, ledger, PrivacyConfig(delta=0.05))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("privacy.delta=0.05 is not below 1/n = 0.0312 for this client (n=32 ")
+    assert "set privacy.delta to at most 0.003" in msg and PrivacyLedger(ledger).delta is None  # nothing charged
+    assert train(lora_model(tok), tok, {}, PrivacyConfig(delta=0.03)).delta == 0.03  # below 1/n: accepted
+
+
+def test_delta_at_or_above_one_over_n_is_refused_before_ray(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from estuary.cli import main
+    from estuary.data.federated import build_federated_data
+    from estuary.platform.preflight import check_delta
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, tmp_path / "no-model", method="dp_standalone", baselines=["standalone"])
+    cfg = load_config(base=job)
+    sizes = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed).sizes()
+    small, big = min(n for n, _ in sizes.values()), max(n for n, _ in sizes.values())
+    job["privacy"] = {"delta": 1 / big}  # δ = 1/n: refused for the largest client only
+    assert small < big
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    for cmd in ("validate", "run"):  # run: refused before Ray starts (no cluster here)
+        assert main([cmd, str(tmp_path / "job.yaml"), "--no-progress"][: 2 if cmd == "validate" else 3]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        cid = next(c for c, (n, _) in sizes.items() if n == big)
+        assert f"privacy.delta={1 / big:g} is not below 1/n" in err and f"client {cid} (n={big} private" in err, err
+    check_delta(load_config(base={**job, "privacy": {"delta": "1/n^1.1"}}))  # the named rule: below 1/n
+    check_delta(load_config(base={**job, "privacy": {"target_epsilon": None, "delta": 0.5}}))  # no DP: no δ
 
 
 def test_disabled_privacy_is_recorded_loudly_and_sticks(tok) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from estuary.cli import main
-from estuary.platform.config import load_config
+from estuary.platform.loading import load_config
 from estuary.privacy.mia import auc_with_ci, dp_auc_bound
 from tests.conftest import tiny_job
 
@@ -55,7 +55,7 @@ def test_audit_cli_dp_generator_leaks_less_than_non_dp(
     )
     run_dir = tmp_path / "runs" / "run"
     run_dir.mkdir(parents=True)
-    from estuary.privacy.strategies import DPSynthetic  # registered: the job names dp_synthetic
+    from estuary.strategies.dp_baselines import DPSynthetic
 
     assert DPSynthetic.name == "dp_synthetic"
     (run_dir / "config.yaml").write_text(load_config(base=job).to_yaml())

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from estuary.actors.egress import Egress
-from estuary.actors.worker import ClientWorker
-from estuary.platform.config import load_config
-from estuary.platform.registry import available, build_params, get
+from estuary.client.worker import ClientWorker
+from estuary.platform.loading import load_config
 from estuary.privacy.canary import find_canaries, plant_sst2_canaries
+from estuary.registry import available, build_params, get
+from estuary.wire import Egress
 from tests.conftest import tiny_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +82,7 @@ def test_no_text_method_sends_a_canary(tmp_path: Path, tiny_model_dir: Path) -> 
                        data={"task": "yelp-gen", "partition": "iid", "root": str(tmp_path / "data"),
                              "train_size": 60, "test_size": 8, "client_eval_max": 4},
                        training={"steps": 2, "batch_size": 4, "max_length": 48}, privacy={"target_epsilon": 3.0},
-                       method_params={"generator": GENERATOR, "topk": 4})
+                       method_params={"generator": GENERATOR, "topk": 4, "teacher_model": None})
         cfg = load_config(base=job)
         private = build_federated_data(cfg.data.model_dump_json(), 2, cfg.seed).client("c000").train
         assert find_canaries(list(private))  # positive control

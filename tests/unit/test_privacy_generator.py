@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from estuary.actors import slm
-from estuary.actors.context import ClientContext
-from estuary.actors.dp_generator import (
+from estuary.client.context import ClientContext
+from estuary.client.dp_generator import (
     GeneratorConfig,
     fresh_adapter_state,
     generator_examples,
@@ -18,14 +17,15 @@ from estuary.actors.dp_generator import (
     sample_synthetic,
     train_dp_generator,
 )
-from estuary.actors.privacy import GENERATOR_KEY
-from estuary.actors.state import ClientState
+from estuary.client.dp_ops import GENERATOR_KEY
+from estuary.config import PrivacyConfig
 from estuary.data.federated import ClientData
 from estuary.data.task import Example
-from estuary.platform.config import PrivacyConfig, load_config
-from estuary.platform.plan import ClientTask
+from estuary.lm.model import adapter_state
+from estuary.platform.loading import load_config
 from estuary.privacy.canary import find_canaries, plant_canaries
 from estuary.privacy.ledger import PrivacyLedger
+from estuary.wire import ClientState, ClientTask
 from tests.unit.test_privacy import lora_model
 from tests.unit.test_slm import SST2, examples
 
@@ -79,7 +79,7 @@ def _context(tmp_path: Path, tok, model, privacy: dict, train: list[Example], lo
 
 def test_configured_generator_model(tmp_path: Path, tok) -> None:  # type: ignore[no-untyped-def]
     own, other = lora_model(tok), lora_model(tok)
-    before = {k: v.clone() for k, v in slm.adapter_state(own).items()}
+    before = {k: v.clone() for k, v in adapter_state(own).items()}
     loaded: list[str] = []
 
     def load(spec: str):  # type: ignore[no-untyped-def]
@@ -90,7 +90,7 @@ def test_configured_generator_model(tmp_path: Path, tok) -> None:  # type: ignor
                    examples() * 4, load=load)
     syn = ctx.dp_synthesize(1, GEN)
     assert not syn.refused and loaded == ["gen"] and ctx.state.extra[GENERATOR_KEY]["model"] == "gen"
-    assert all(torch.equal(before[k], v) for k, v in slm.adapter_state(own).items())  # the SLM is untouched
+    assert all(torch.equal(before[k], v) for k, v in adapter_state(own).items())  # the SLM is untouched
     assert ctx.state.extra[GENERATOR_KEY]["clipping"] == "ghost_bk" and ctx.state.extra[GENERATOR_KEY]["steps"] == 8
 
 
@@ -98,14 +98,14 @@ def test_client_context_dp_api_updates_state_and_egress(tmp_path: Path, tok) -> 
     model = lora_model(tok)
     private = plant_canaries(examples() * 4)
     ctx = _context(tmp_path, tok, model, {"target_epsilon": 4.0, "delta": 1e-3}, private)
-    own = {k: v.clone() for k, v in slm.adapter_state(model).items()}
+    own = {k: v.clone() for k, v in adapter_state(model).items()}
     res = ctx.dp_train_steps(1, plan_steps=6)
     assert not res.refused and ctx.trained and ctx.state.steps_trained == 3 and ctx.state.optimizer is not None
-    trained = slm.adapter_state(model)
+    trained = adapter_state(model)
     assert any(not torch.equal(own[k], trained[k]) for k in own)
     syn = ctx.dp_synthesize(1, GEN)
     assert syn.training is not None and not syn.refused and GENERATOR_KEY in ctx.state.extra
-    assert all(torch.equal(trained[k], v) for k, v in slm.adapter_state(model).items())  # own adapter back
+    assert all(torch.equal(trained[k], v) for k, v in adapter_state(model).items())  # own adapter back
     eg = ctx.egress(ClientTask("c000", 1), synthetic=syn.examples)
     ops = [e.op for e in eg.privacy]
     assert ops == ["dp-sgd", "dp-sgd", "release"]
@@ -134,8 +134,8 @@ def test_refused_generator_sends_nothing(tmp_path: Path, tok) -> None:  # type: 
 
 
 def test_refusal_reaches_the_strategy(tmp_path: Path, tok) -> None:  # type: ignore[no-untyped-def]
-    from estuary.platform.strategy import RoundOutcome
-    from estuary.privacy.strategies import DPStandalone
+    from estuary.strategies.dp_baselines import DPStandalone
+    from estuary.wire import RoundOutcome
 
     ctx = _context(tmp_path, tok, lora_model(tok), {"target_epsilon": None, "noise_multiplier": 0.3,
                                                      "budget_epsilon": 0.5, "delta": 1e-3}, examples() * 4)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from estuary.actors.pool import worker_capacity
-from estuary.actors.state import ClientState
+from estuary.client.pool import worker_capacity
+from estuary.config.clients import ClientResources
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.clients_config import ResourcesConfig
 from estuary.platform.records import Recorder
 from estuary.platform.report import results_table
+from estuary.wire import ClientState
 
 
 def test_recorder_appends_and_truncates(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -44,10 +44,10 @@ def test_worker_capacity_over_nodes() -> None:
         {"Alive": True, "Resources": {"CPU": 4}},
         {"Alive": False, "Resources": {"CPU": 64, "GPU": 8}},
     ]
-    assert worker_capacity(ResourcesConfig(num_cpus=1), nodes) == 20
-    assert worker_capacity(ResourcesConfig(num_cpus=1, num_gpus=0.25), nodes) == 8
-    assert worker_capacity(ResourcesConfig(num_cpus=2, num_gpus=0.5, custom={"client_slot": 2}), nodes) == 4
-    assert worker_capacity(ResourcesConfig(num_cpus=0, num_gpus=1), nodes[1:2]) == 0
+    assert worker_capacity(ClientResources(num_cpus=1), nodes) == 20
+    assert worker_capacity(ClientResources(num_cpus=1, num_gpus=0.25), nodes) == 8
+    assert worker_capacity(ClientResources(num_cpus=2, num_gpus=0.5, custom={"client_slot": 2}), nodes) == 4
+    assert worker_capacity(ClientResources(num_cpus=0, num_gpus=1), nodes[1:2]) == 0
 
 
 def test_results_table_mean_std_over_runs() -> None:

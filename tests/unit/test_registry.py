@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from estuary.actors.egress import Egress
+from estuary import registry
 from estuary.errors import ConfigError
-from estuary.platform import registry
-from estuary.platform.config import load_config
-from estuary.platform.strategy import RoundOutcome, Strategy, client_ids, summarize_metrics
+from estuary.platform.loading import load_config
+from estuary.platform.strategy import Strategy, client_ids, summarize_metrics
+from estuary.wire import Egress, RoundOutcome
 
 
 def test_builtins_registered_and_unknown_lists_known() -> None:

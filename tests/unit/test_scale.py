@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from estuary.actors.groups import plan_groups
+from estuary.client.groups import plan_groups
+from estuary.config.faults import FaultsConfig
 from estuary.errors import ConfigError
-from estuary.platform.config import load_config
-from estuary.platform.faults import FaultInjector, FaultsConfig
+from estuary.platform.fault_drills import FaultInjector
 from estuary.platform.jobs import build_submission, package_dir
+from estuary.platform.loading import load_config
 from estuary.platform.metrics import loss_phases
 from estuary.platform.sampling import sample_clients, sample_size
 from estuary.platform.strategy import client_ids

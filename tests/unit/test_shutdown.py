@@ -1,4 +1,4 @@
-"""estuary.platform.shutdown without Ray: the first SIGTERM/SIGINT raises in the main thread so cleanup runs, a
+"""estuary.shutdown without Ray: the first SIGTERM/SIGINT raises in the main thread so cleanup runs, a
 second one (or a cleanup past the timeout) forces the exit, and no process the command started is left."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from estuary.platform.shutdown import Interrupted, exit_code, mark_run_interrupted, signal_name, stop_line
+from estuary.platform.runner import mark_interrupted
+from estuary.shutdown import Interrupted, exit_code, signal_name, stop_line
 from tests.conftest import REPO
 
 # A command in miniature: it starts a child process that starts its own (as `estuary run` starts a local Ray
@@ -23,7 +24,7 @@ from tests.conftest import REPO
 # orphaned (as `ray.shutdown` ends the dashboard before its forkserver); for `hang`, a cleanup that never ends.
 SCRIPT = textwrap.dedent("""
     import subprocess, sys, time
-    from estuary.platform.shutdown import StopSignals, exit_code, exit_now, stop_line
+    from estuary.shutdown import StopSignals, exit_code, exit_now, stop_line
     sleep = "import time; time.sleep(300)"
     quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
     parent = f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {sleep!r}], {quiet}).pid); "
@@ -108,7 +109,7 @@ def test_an_interrupted_run_names_its_last_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "standalone" / "round-0003").mkdir()  # no COMPLETE: a save cut short
     summary = {"status": "running", "error": "old", "strategies": {"zero_shot": {"complete": True}}}
     exc = Interrupted(signal.SIGTERM)
-    mark_run_interrupted(summary, exc, tmp_path, ["zero_shot", "standalone"])
+    mark_interrupted(summary, exc, tmp_path, ["zero_shot", "standalone"])
     assert summary == {"status": "interrupted", "signal": "SIGTERM", "strategies": {"zero_shot": {"complete": True}}}
     assert stop_line(exc) == (f"SIGTERM: run interrupted (zero_shot complete, standalone checkpointed after round 2); "
                               f"continue with `estuary resume {tmp_path}`")

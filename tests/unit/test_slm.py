@@ -1,4 +1,4 @@
-"""Unit tests of estuary.actors.slm on a tiny random Llama and a tiny word-level tokenizer (fast, CPU)."""
+"""Unit tests of estuary.lm (model, encoding, scoring, training loop) on a tiny random Llama and tokenizer (CPU)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from estuary.actors import slm
-from estuary.actors.evaluation import label_scores
 from estuary.data.task import Example, Task
+from estuary.lm import scoring
+from estuary.lm.encoding import encode
+from estuary.lm.loop import train_steps
+from estuary.lm.lora import LoraConfig
+from estuary.lm.model import adapter_state, attach_lora, load_adapter_state, trainable_parameters
+from estuary.lm.scoring import evaluate, label_scores, predict_label_probs
 
 SENTENCES = [
     "a great and moving film with fine acting",
@@ -98,7 +102,7 @@ def make_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
 
 @pytest.fixture()
 def peft_model(tokenizer: PreTrainedTokenizerFast):  # type: ignore[no-untyped-def]
-    return slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(r=4, alpha=8, dropout=0.1), seed=1)
+    return attach_lora(make_model(len(tokenizer)), LoraConfig(r=4, alpha=8, dropout=0.1), seed=1)
 
 
 def examples() -> list[Example]:
@@ -107,17 +111,17 @@ def examples() -> list[Example]:
 
 
 def test_encode_classification_masks_prompt(tokenizer: PreTrainedTokenizerFast) -> None:
-    ((ids, start),) = slm.encode(tokenizer, SST2, examples()[:1], max_length=64)
+    ((ids, start),) = encode(tokenizer, SST2, examples()[:1], max_length=64)
     prompt = tokenizer("Review: a great and moving film with fine acting\nSentiment:")["input_ids"]
     assert ids[:start] == prompt and ids[0] == tokenizer.bos_token_id
     assert ids[start:] == tokenizer(" positive", add_special_tokens=False)["input_ids"]
-    ((ids2, start2),) = slm.encode(tokenizer, MULTI, examples()[1:2], max_length=64)
+    ((ids2, start2),) = encode(tokenizer, MULTI, examples()[1:2], max_length=64)
     assert len(ids2) - start2 == 2
 
 
 def test_encode_truncation_keeps_bos_and_suffix(tokenizer: PreTrainedTokenizerFast) -> None:
     long = Example(text=" ".join(SENTENCES * 5), label=0)
-    ((ids, start),) = slm.encode(tokenizer, SST2, [long], max_length=20)
+    ((ids, start),) = encode(tokenizer, SST2, [long], max_length=20)
     assert len(ids) == 20
     assert ids[0] == tokenizer.bos_token_id
     suffix = tokenizer("\nSentiment:", add_special_tokens=False)["input_ids"]
@@ -129,25 +133,25 @@ def test_encode_truncation_keeps_bos_and_suffix(tokenizer: PreTrainedTokenizerFa
 
 def test_encode_generation(tokenizer: PreTrainedTokenizerFast) -> None:
     ex = Example(text="a dull movie", target=" boring mess")
-    ((ids, start),) = slm.encode(tokenizer, GEN, [ex], max_length=64)
+    ((ids, start),) = encode(tokenizer, GEN, [ex], max_length=64)
     assert ids[start:] == tokenizer(" boring mess", add_special_tokens=False)["input_ids"]
-    ((ids, start),) = slm.encode(tokenizer, LM, [Example(text="a dull movie")], max_length=64)
+    ((ids, start),) = encode(tokenizer, LM, [Example(text="a dull movie")], max_length=64)
     assert start == 1 and ids == tokenizer("a dull movie")["input_ids"]  # whole text after BOS
-    ((ids, start),) = slm.encode(tokenizer, LM, [Example(text=" ".join(SENTENCES))], max_length=10)
+    ((ids, start),) = encode(tokenizer, LM, [Example(text=" ".join(SENTENCES))], max_length=10)
     assert len(ids) == 10 and start == 1
 
 
 def test_attach_lora_deterministic_and_only_adapter_trainable(tokenizer: PreTrainedTokenizerFast) -> None:
-    a = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(), seed=5)
-    b = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(), seed=5)
-    c = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(), seed=6)
-    names = [n for n, _ in slm.trainable_parameters(a)]
+    a = attach_lora(make_model(len(tokenizer)), LoraConfig(), seed=5)
+    b = attach_lora(make_model(len(tokenizer)), LoraConfig(), seed=5)
+    c = attach_lora(make_model(len(tokenizer)), LoraConfig(), seed=6)
+    names = [n for n, _ in trainable_parameters(a)]
     assert names and all("lora_" in n for n in names)
-    sa, sb, sc = slm.adapter_state(a), slm.adapter_state(b), slm.adapter_state(c)
+    sa, sb, sc = adapter_state(a), adapter_state(b), adapter_state(c)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
     state = torch.random.get_rng_state()
-    slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(), seed=7)
+    attach_lora(make_model(len(tokenizer)), LoraConfig(), seed=7)
     assert torch.equal(state, torch.random.get_rng_state())  # caller's RNG untouched
 
 
@@ -159,36 +163,36 @@ def _logits(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> torch
 
 def test_adapter_swap_is_exact(tokenizer: PreTrainedTokenizerFast, peft_model) -> None:  # type: ignore[no-untyped-def]
     kw = dict(steps=3, batch_size=4, lr=1e-2, max_length=32)
-    slm.train_steps(peft_model, tokenizer, SST2, examples(), seed=0, **kw)
-    state_a = slm.adapter_state(peft_model)
+    train_steps(peft_model, tokenizer, SST2, examples(), seed=0, **kw)
+    state_a = adapter_state(peft_model)
     out_a = _logits(peft_model, tokenizer)
-    slm.train_steps(peft_model, tokenizer, SST2, examples()[::-1], seed=1, **kw)
-    state_b = slm.adapter_state(peft_model)
+    train_steps(peft_model, tokenizer, SST2, examples()[::-1], seed=1, **kw)
+    state_b = adapter_state(peft_model)
     out_b = _logits(peft_model, tokenizer)
     assert not torch.equal(out_a, out_b)
-    slm.load_adapter_state(peft_model, state_a)
+    load_adapter_state(peft_model, state_a)
     assert torch.equal(_logits(peft_model, tokenizer), out_a)
-    slm.load_adapter_state(peft_model, state_b)
+    load_adapter_state(peft_model, state_b)
     assert torch.equal(_logits(peft_model, tokenizer), out_b)
-    slm.load_adapter_state(peft_model, state_a)
+    load_adapter_state(peft_model, state_a)
     assert torch.equal(_logits(peft_model, tokenizer), out_a)
     assert all(v.device.type == "cpu" for v in state_a.values())
     with pytest.raises(ValueError, match="missing"):
-        slm.load_adapter_state(peft_model, dict(list(state_a.items())[1:]))
+        load_adapter_state(peft_model, dict(list(state_a.items())[1:]))
 
 
 def test_optimizer_state_handoff_equals_one_run(tokenizer: PreTrainedTokenizerFast) -> None:
     kw = dict(batch_size=3, lr=5e-3, max_length=32, seed=11)
-    one = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.1), seed=2)
-    full = slm.train_steps(one, tokenizer, SST2, examples(), steps=4, **kw)
-    two = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.1), seed=2)
-    first = slm.train_steps(two, tokenizer, SST2, examples(), steps=2, **kw)
+    one = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.1), seed=2)
+    full = train_steps(one, tokenizer, SST2, examples(), steps=4, **kw)
+    two = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.1), seed=2)
+    first = train_steps(two, tokenizer, SST2, examples(), steps=2, **kw)
     # hand-off: a second worker (fresh model, same base and adapter init) continues from the states
-    three = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.1), seed=3)
-    slm.load_adapter_state(three, slm.adapter_state(two))
-    second = slm.train_steps(three, tokenizer, SST2, examples(), steps=2, optimizer_state=first.optimizer_state, **kw)
+    three = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.1), seed=3)
+    load_adapter_state(three, adapter_state(two))
+    second = train_steps(three, tokenizer, SST2, examples(), steps=2, optimizer_state=first.optimizer_state, **kw)
     assert first.losses + second.losses == full.losses
-    s_full, s_three = slm.adapter_state(one), slm.adapter_state(three)
+    s_full, s_three = adapter_state(one), adapter_state(three)
     assert all(torch.equal(s_full[k], s_three[k]) for k in s_full)
     assert full.examples_seen == 12 and full.tokens > 12 and full.seconds > 0
 
@@ -196,37 +200,37 @@ def test_optimizer_state_handoff_equals_one_run(tokenizer: PreTrainedTokenizerFa
 def test_training_is_deterministic(tokenizer: PreTrainedTokenizerFast) -> None:
     runs = []
     for _ in range(2):
-        model = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.2), seed=4)
+        model = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.2), seed=4)
         runs.append(
-            slm.train_steps(
+            train_steps(
                 model, tokenizer, SST2, examples(), steps=3, batch_size=4, lr=1e-2, max_length=32, seed=9
             ).losses
         )
     assert runs[0] == runs[1]
-    model = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.2), seed=4)
-    other = slm.train_steps(
+    model = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.2), seed=4)
+    other = train_steps(
         model, tokenizer, SST2, examples(), steps=3, batch_size=4, lr=1e-2, max_length=32, seed=10
     ).losses
     assert other != runs[0]
 
 
 def test_loss_decreases_when_overfitting(tokenizer: PreTrainedTokenizerFast) -> None:
-    model = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(r=8, alpha=16, dropout=0.0), seed=0)
+    model = attach_lora(make_model(len(tokenizer)), LoraConfig(r=8, alpha=16, dropout=0.0), seed=0)
     data = examples()[:4]
-    before = slm.evaluate(model, tokenizer, SST2, data)
-    result = slm.train_steps(model, tokenizer, SST2, data, steps=30, batch_size=4, lr=3e-2, max_length=32, seed=0)
-    after = slm.evaluate(model, tokenizer, SST2, data)
+    before = evaluate(model, tokenizer, SST2, data)
+    result = train_steps(model, tokenizer, SST2, data, steps=30, batch_size=4, lr=3e-2, max_length=32, seed=0)
+    after = evaluate(model, tokenizer, SST2, data)
     assert result.losses[-1] < 0.5 * result.losses[0]
     assert after["loss"] < before["loss"] and after["accuracy"] == 1.0
     assert not model.training  # mode restored
 
 
 def test_generation_training_and_perplexity(tokenizer: PreTrainedTokenizerFast) -> None:
-    model = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.0), seed=0)
+    model = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.0), seed=0)
     data = [Example(text=s) for s in SENTENCES[:4]]
-    before = slm.evaluate(model, tokenizer, LM, data)
-    slm.train_steps(model, tokenizer, LM, data, steps=20, batch_size=4, lr=3e-2, max_length=32, seed=0)
-    after = slm.evaluate(model, tokenizer, LM, data)
+    before = evaluate(model, tokenizer, LM, data)
+    train_steps(model, tokenizer, LM, data, steps=20, batch_size=4, lr=3e-2, max_length=32, seed=0)
+    after = evaluate(model, tokenizer, LM, data)
     assert after["loss"] < before["loss"]
     assert math.isclose(after["perplexity"], math.exp(after["loss"]), rel_tol=1e-9)
     assert before["perplexity"] > 1 and after["n"] == 4
@@ -234,10 +238,10 @@ def test_generation_training_and_perplexity(tokenizer: PreTrainedTokenizerFast) 
 
 def test_evaluate_ranges_and_hand_computed_score(tokenizer: PreTrainedTokenizerFast, peft_model) -> None:  # type: ignore[no-untyped-def]
     data = examples()
-    metrics = slm.evaluate(peft_model, tokenizer, SST2, data, batch_size=3)
+    metrics = evaluate(peft_model, tokenizer, SST2, data, batch_size=3)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
     assert metrics["loss"] > 0 and metrics["n"] == len(data)
-    probs = slm.predict_label_probs(peft_model, tokenizer, SST2, data, batch_size=3)
+    probs = predict_label_probs(peft_model, tokenizer, SST2, data, batch_size=3)
     assert probs.shape == (len(data), 2) and torch.allclose(probs.sum(-1), torch.ones(len(data)))
 
     # by hand, one example alone, no padding: log-softmax of the next-token logits after the prompt
@@ -274,7 +278,7 @@ def test_multi_token_labels_hand_computed(tokenizer: PreTrainedTokenizerFast, pe
             logp = torch.log_softmax(peft_model(input_ids=ids).logits[0].double(), dim=-1)
         total = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(comp))
         assert scores[1, j].item() == pytest.approx(total, abs=1e-4)
-    metrics = slm.evaluate(peft_model, tokenizer, MULTI, data)
+    metrics = evaluate(peft_model, tokenizer, MULTI, data)
     assert 0.0 <= metrics["accuracy"] <= 1.0
 
 
@@ -283,27 +287,27 @@ def test_scoring_without_logits_to_keep_matches(
     peft_model,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from estuary.actors import evaluation
+    pass
 
     data = examples()
     fast = label_scores(peft_model, tokenizer, SST2, data, batch_size=3)
     multi = label_scores(peft_model, tokenizer, MULTI, data, batch_size=3)
-    monkeypatch.setattr(evaluation, "_accepts_logits_to_keep", lambda model: False)
+    monkeypatch.setattr(scoring, "_accepts_logits_to_keep", lambda model: False)
     assert torch.allclose(label_scores(peft_model, tokenizer, SST2, data, batch_size=3), fast, atol=1e-5)
     assert torch.allclose(label_scores(peft_model, tokenizer, MULTI, data, batch_size=3), multi, atol=1e-5)
 
 
 def test_input_validation(tokenizer: PreTrainedTokenizerFast, peft_model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
-        slm.predict_label_probs(peft_model, tokenizer, GEN, [Example(text="x", target="y")])
+        predict_label_probs(peft_model, tokenizer, GEN, [Example(text="x", target="y")])
     with pytest.raises(ValueError):
-        slm.encode(tokenizer, SST2, examples()[:1], max_length=1)
-    other = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(r=2), seed=0)
-    state = slm.train_steps(
+        encode(tokenizer, SST2, examples()[:1], max_length=1)
+    other = attach_lora(make_model(len(tokenizer)), LoraConfig(r=2), seed=0)
+    state = train_steps(
         other, tokenizer, SST2, examples(), steps=1, batch_size=2, lr=1e-3, max_length=32, seed=0
     ).optimizer_state
     with pytest.raises(ValueError, match="different trainable parameters"):
-        slm.train_steps(
+        train_steps(
             peft_model,
             tokenizer,
             SST2,
@@ -320,15 +324,15 @@ def test_input_validation(tokenizer: PreTrainedTokenizerFast, peft_model) -> Non
 def test_linear_lr_schedule(tokenizer: PreTrainedTokenizerFast) -> None:
     runs = {}
     for schedule in ("constant", "linear"):
-        model = slm.attach_lora(make_model(len(tokenizer)), slm.LoraSpec(dropout=0.0), seed=0)
-        runs[schedule] = slm.train_steps(
+        model = attach_lora(make_model(len(tokenizer)), LoraConfig(dropout=0.0), seed=0)
+        runs[schedule] = train_steps(
             model, tokenizer, SST2, examples(), steps=3, batch_size=4, lr=1e-2, max_length=32, seed=0,
             lr_schedule=schedule,
         ).losses  # fmt: skip
     assert runs["constant"][:2] == runs["linear"][:2]  # step 0 uses the full lr in both (step 1 sees it)
     assert runs["constant"][2] != runs["linear"][2]
     with pytest.raises(ValueError, match="lr_schedule"):
-        slm.train_steps(
+        train_steps(
             model, tokenizer, SST2, examples(), steps=1, batch_size=4, lr=1e-2, max_length=32, seed=0,
             lr_schedule="cosine",  # type: ignore[arg-type]
         )  # fmt: skip

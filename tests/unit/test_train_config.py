@@ -10,7 +10,7 @@ import pytest
 
 from estuary.errors import ConfigError
 from estuary.train import TrainConfig
-from estuary.train.preflight import check_resources
+from estuary.train.checks import check_resources
 from estuary.train.zero import deepspeed_config
 
 
@@ -32,7 +32,7 @@ def test_defaults_build_a_deepspeed_config() -> None:
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["optimizer"]["params"]["lr"] == 1e-3
     assert ds["bf16"] == {"enabled": False} and ds["fp16"] == {"enabled": False}
-    assert cfg.dist_backend == "gloo" and cfg.worker_resources() == {"CPU": 1.0}
+    assert cfg.dist_backend == "gloo" and cfg.resources.bundle() == {"CPU": 1.0}
 
 
 def test_deepspeed_keys_pass_through_and_merge() -> None:
@@ -46,15 +46,16 @@ def test_deepspeed_keys_pass_through_and_merge() -> None:
 
 
 @pytest.mark.parametrize(("data", "expected"), [
-    ({"zero": {"stage": 2, "offload_param": "cpu"}, "gpus_per_worker": 1}, "needs stage 3"),
-    ({"zero": {"stage": 0, "offload_optimizer": "cpu"}, "gpus_per_worker": 1}, "needs ZeRO stage 1, 2 or 3"),
-    ({"zero": {"stage": 3, "offload_param": "nvme"}, "gpus_per_worker": 1}, "needs nvme_path"),
+    ({"zero": {"stage": 2, "offload_param": "cpu"}, "resources": {"num_gpus": 1}}, "needs stage 3"),
+    ({"zero": {"stage": 0, "offload_optimizer": "cpu"}, "resources": {"num_gpus": 1}}, "needs ZeRO stage 1, 2 or 3"),
+    ({"zero": {"stage": 3, "offload_param": "nvme"}, "resources": {"num_gpus": 1}}, "needs nvme_path"),
     ({"zero": {"nvme_path": "/nvme"}}, "nothing is offloaded"),
     ({"zero": {"stage": 2, "offload_optimizer": "cpu"}}, "CPU workers"),
     ({"dtype": "float16"}, "float16 needs GPU workers"),
     ({"backend": "nccl"}, "nccl needs GPU workers"),
-    ({"gpus_per_worker": 0.5, "workers": 2}, "NCCL refuses"),
-    ({"gpus_per_worker": 1.5}, "whole GPUs"),
+    ({"resources": {"num_gpus": 0.5}, "workers": 2}, "NCCL refuses"),
+    ({"resources": {"num_gpus": 1.5}}, "whole number of GPUs"),
+    ({"resources": {"num_cpus": 0}}, "resources.num_cpus"),
     ({"zero": {"stage": 2, "deepspeed": {"zero_optimization": {"stage": 3}}}}, "contradicts zero.stage"),
     ({"zero": {"deepspeed": {"zero_optimization": {"offload_param": {"device": "cpu"}}}}}, "zero.offload_param"),
     ({"zero": {"deepspeed": {"train_batch_size": 7}}}, "contradicts micro_batch_size x grad_accum x workers"),
@@ -69,13 +70,13 @@ def test_inconsistent_settings_are_one_line(data: dict[str, Any], expected: str)
 
 
 def test_gpu_settings_that_are_consistent() -> None:
-    cfg = TrainConfig.load({"gpus_per_worker": 1, "dtype": "float16",
+    cfg = TrainConfig.load({"resources": {"num_gpus": 1}, "dtype": "float16",
                             "zero": {"stage": 3, "offload_param": "cpu", "offload_optimizer": "cpu"}})
     ds = deepspeed_config(cfg)
-    assert cfg.dist_backend == "nccl" and cfg.worker_resources() == {"CPU": 1.0, "GPU": 1}
+    assert cfg.dist_backend == "nccl" and cfg.resources.bundle() == {"CPU": 1.0, "GPU": 1}
     assert ds["zero_optimization"]["offload_param"] == {"device": "cpu"}
     assert ds["fp16"] == {"enabled": True} and ds["zero_force_ds_cpu_optimizer"] is False
-    shared = TrainConfig.load({"gpus_per_worker": 0.5, "workers": 2, "backend": "gloo"})
+    shared = TrainConfig.load({"resources": {"num_gpus": 0.5}, "workers": 2, "backend": "gloo"})
     assert shared.dist_backend == "gloo"
 
 
@@ -84,33 +85,34 @@ def test_more_workers_than_resources() -> None:
     check_resources(TrainConfig(workers=2), two_cpus)
     with pytest.raises(ConfigError, match=r"need CPU=3, but the Ray cluster has 2; lower train.workers"):
         check_resources(TrainConfig(workers=3), two_cpus)
-    with pytest.raises(ConfigError, match=r"need GPU=2, but the Ray cluster has 0"):
-        check_resources(TrainConfig(workers=2, gpus_per_worker=1), two_cpus)
-    with pytest.raises(ConfigError, match=r"resources_per_worker.slot"):
-        check_resources(TrainConfig(workers=1, resources_per_worker={"slot": 1}), two_cpus)
+    with pytest.raises(ConfigError, match=r"need GPU=2, but the Ray cluster has 0; .* train.resources.num_gpus$"):
+        check_resources(TrainConfig(workers=2, resources={"num_gpus": 1}), two_cpus)
+    with pytest.raises(ConfigError, match=r"lower train.workers or train.resources.custom.slot$"):
+        check_resources(TrainConfig(workers=1, resources={"custom": {"slot": 1}}), two_cpus)
     # Enough in total, but no node holds a whole worker (1.5 CPUs) twice.
     halves = [{"CPU": 1.5}, {"CPU": 1.5}]
-    check_resources(TrainConfig(workers=2, cpus_per_worker=1.5), halves)
+    check_resources(TrainConfig(workers=2, resources={"num_cpus": 1.5}), halves)
     with pytest.raises(ConfigError, match="only 1 of 2 workers"):
-        check_resources(TrainConfig(workers=2, cpus_per_worker=1.5, placement_strategy="STRICT_PACK"), halves)
+        check_resources(TrainConfig(workers=2, resources={"num_cpus": 1.5}, placement_strategy="STRICT_PACK"),
+                        halves)
     with pytest.raises(ConfigError, match="only 2 of 3 workers"):
-        check_resources(TrainConfig(workers=3, cpus_per_worker=1.0), halves)
+        check_resources(TrainConfig(workers=3, resources={"num_cpus": 1.0}), halves)
 
 
 def test_resources_held_by_others() -> None:
     nodes = [{"CPU": 2.0}]
     check_resources(TrainConfig(workers=2), nodes, available={"CPU": 2.0})
-    with pytest.raises(ConfigError, match=r"only 1 is free .*raise train.resource_wait_s"):
+    with pytest.raises(ConfigError, match=r"only 1 is free .*lower train.resources.num_cpus, or raise"):
         check_resources(TrainConfig(workers=2), nodes, available={"CPU": 1.0})
-    check_resources(TrainConfig(workers=2, cpus_per_worker=0.5), nodes, available={"CPU": 1.0})
+    check_resources(TrainConfig(workers=2, resources={"num_cpus": 0.5}), nodes, available={"CPU": 1.0})
 
 
 def test_init_adapter_must_be_a_peft_folder_of_the_jobs_shape(tmp_path: Path) -> None:
-    from estuary.train.preflight import check_init_adapter
+    from estuary.train.checks import check_init_adapter
 
     with pytest.raises(ConfigError, match=r"^train.init_adapter: .* has no adapter_config.json; give a PEFT"):
-        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))
+        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)), ["q_proj", "v_proj"])
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["v_proj", "q_proj"]}))
     with pytest.raises(ConfigError, match=r"has r=16, targets \['q_proj', 'v_proj'\]; the job has train.lora r=8"):
-        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)))
-    check_init_adapter(TrainConfig(init_adapter=str(tmp_path), lora={"r": 16}))  # same rank, targets in any order
+        check_init_adapter(TrainConfig(init_adapter=str(tmp_path)), ["q_proj", "v_proj"])
+    check_init_adapter(TrainConfig(init_adapter=str(tmp_path), lora={"r": 16}), ["q_proj", "v_proj"])  # any order

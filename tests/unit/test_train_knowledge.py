@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from estuary.errors import DataError
+from estuary.lm.objective import IGNORE, objective
 from estuary.train.knowledge import collate, merge_duplicates, normalize_record
-from estuary.train.objective import IGNORE, objective
 
 
 def _distill(n: int = 3) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from estuary.train.objective import IGNORE, mix_losses, objective, sft_loss, topk_kl_loss
+from estuary.lm.objective import IGNORE, mix_losses, objective, sft_loss, topk_kl_loss
 
 NEG = float("-inf")
 
@@ -136,3 +136,27 @@ def test_objective_mixes_the_two_terms() -> None:
     assert only_kd.loss.item() == pytest.approx(kd, abs=1e-6) and only_kd.sft_tokens == 0
     nothing = objective(logits, torch.full((1, 2), IGNORE), None, None, distill_weight=0.0)
     assert nothing.loss.item() == 0.0
+
+
+def test_kd_reduction_token_mean_and_batchmean_by_hand() -> None:
+    """DistilDP's reference code reduces the KL as KLDivLoss(reduction="batchmean") on [B, L, V]: the sum over
+    positions divided by the B sequences. Two sequences, uniform students over 4 tokens; targets at three
+    positions: p(token 0) = 0.5 twice (KL a = 0.5 ln(4/3) each, see above) and 0.25 once (the teacher's
+    buckets (0.25, 0.75) are the student's: KL 0); the fourth position has none."""
+    logits = torch.zeros(2, 2, 4)
+    ids = torch.zeros(2, 2, 1, dtype=torch.long)
+    lps = torch.tensor([[[math.log(0.5)], [NEG]], [[math.log(0.5)], [math.log(0.25)]]])
+    a = 0.5 * math.log(4 / 3)
+    mean, n = topk_kl_loss(logits, ids, lps)
+    assert n == 3 and mean.item() == pytest.approx(2 * a / 3, abs=1e-6)
+    batch, n = topk_kl_loss(logits, ids, lps, reduction="batchmean")
+    assert n == 3 and batch.item() == pytest.approx(2 * a / 2, abs=1e-6)
+    hot, _ = topk_kl_loss(logits, ids, lps, reduction="batchmean", temperature=2.0)  # T² scales both alike
+    assert hot.item() == pytest.approx(topk_kl_loss(logits, ids, lps, temperature=2.0)[0].item() * 3 / 2, abs=1e-6)
+    # the same reduction reaches the mixed objective; the CE stays a token mean (ln 4 at each of 2 labels)
+    labels = torch.tensor([[IGNORE, 1], [IGNORE, 2]])
+    parts = objective(logits, labels, ids, lps, distill_weight=0.4, kd_reduction="batchmean")
+    assert parts.kd.item() == pytest.approx(a, abs=1e-6) and parts.sft.item() == pytest.approx(math.log(4))
+    assert parts.loss.item() == pytest.approx(0.6 * math.log(4) + 0.4 * a, abs=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        topk_kl_loss(logits, ids, lps, reduction="sum")  # type: ignore[arg-type]

@@ -1,106 +1,50 @@
-"""Task definitions and loaders for the data sets in ``shared/data`` (see its README).
+"""Tasks and their train/eval/test splits, from task cards (built-in, a card file, or inline).
 
-Every loader is deterministic from a seed. Official splits are used where they exist; where only
-one file exists (AG News, Yelp) it is split in code, stratified by label. Each example's ``uid`` is
-``"<task>/<source file stem>/<row>"`` with ``row`` the 0-based data row of the source file, so a
-uid names the same data point whatever the seed (e.g. ``"agnews/test/17"`` may land in ``train``).
+Every task goes through one path: the card names a source, `estuary.data.source` reads it with 🤗 `datasets`,
+`estuary.data.loader` maps its columns to Examples and carves the splits the source lacks. The built-in cards
+(`estuary/data/cards/*.yaml`) read the files in ``shared/data`` (see its README) and keep exactly the splits
+and uids the earlier hand-written loaders made (tests/unit/test_builtin_regression.py): official splits where
+they exist; AG News and Yelp (one file each) split 0.7/0.1/0.2 in code, stratified by label; RTE's eval and
+E2E's eval (by meaning representation) carved from train. Each example's ``uid`` is
+``"<task>/<source file stem or split>/<row>"``, so a uid names the same data point whatever the seed.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from estuary.errors import DataError
 
-from .parsers import Row, parse_file
+from .card import TaskCard, builtin_card, builtin_names
+from .loader import Rows, allocate, carve, rows_of, seeded_rng
+from .source import ENV_VAR, SourceSplit, find_data_root, load_source
+
+__all__ = ["ENV_VAR", "TASKS", "Splits", "find_data_root", "get_card", "get_task", "load_splits", "stratified_sample"]
 from .task import Example, Task
 
-ENV_VAR = "ESTUARY_DATA"
-
-
+_FIRST = ("sst2", "agnews", "rte", "yelp", "yelp-gen", "e2e")  # the order the built-ins were always listed in
 TASKS: dict[str, Task] = {
-    "sst2": Task(
-        name="sst2",
-        kind="classification",
-        template="Review: {text}\nSentiment:",
-        label_words=(" negative", " positive"),
-        label_names=("negative", "positive"),
-        description="Classify the sentiment of a one-sentence movie review as negative or positive.",
-        extra={"subject": "a one-sentence movie review"},
-    ),
-    "agnews": Task(
-        name="agnews",
-        kind="classification",
-        template="Article: {text}\nTopic:",
-        label_words=(" World", " Sports", " Business", " Technology"),
-        label_names=("World", "Sports", "Business", "Sci/Tech"),
-        description=(
-            "Classify the topic of a news article headline and summary as World, Sports, "
-            "Business or Science/Technology."
-        ),
-        extra={"subject": "a news article headline and summary"},
-    ),
-    "rte": Task(
-        name="rte",
-        kind="classification",
-        template="{text}\nQuestion: {text_pair} Yes or no?\nAnswer:",
-        label_words=(" yes", " no"),
-        label_names=("entailment", "not_entailment"),
-        description="Decide whether a premise passage entails a hypothesis sentence (yes or no).",
-    ),
-    "yelp": Task(
-        name="yelp",
-        kind="classification",
-        template="Review: {text}\nOverall, it was",
-        label_words=(" terrible", " bad", " okay", " good", " great"),
-        label_names=("1 star", "2 stars", "3 stars", "4 stars", "5 stars"),
-        description="Predict the star rating (1 to 5) a Yelp user gave a business from the review text.",
-        extra={"subject": "a Yelp review of a business"},
-    ),
-    "yelp-gen": Task(
-        name="yelp-gen",
-        kind="generation",
-        template="{text}",
-        description="Write a realistic Yelp review of a business in a given business category.",
-        extra={"conditional_template": "Business Category: {domain}\nReview:",
-               "subject": "a Yelp review of a business"},
-    ),
-    "e2e": Task(
-        name="e2e",
-        kind="generation",
-        template="Restaurant attributes: {text}\nDescription:",
-        description=(
-            "Write a one- or two-sentence restaurant description that expresses every "
-            "attribute of a meaning representation."
-        ),
-        # public, hand-written (not from the data): E2E's attribute schema, which a DP teacher writes its samples
-        # in, and the prefix every meaning representation starts with (an ε = 2 teacher never found the form on
-        # its own; a concrete example line in the prompt was copied by the teachers instead of learnt from)
-        extra={"subject": "a restaurant's attributes, each as key[value] (name, eatType, food, priceRange, "
-                          "customer rating, area, familyFriendly, near), then a one-sentence description of it",
-               "prefix": "name["},
-    ),
+    name: builtin_card(name).to_task()
+    for name in sorted(builtin_names(), key=lambda n: (_FIRST.index(n) if n in _FIRST else len(_FIRST), n))
 }
 
-# Fractions (train, eval, test) for data sets with a single source file.
-SINGLE_FILE_FRACTIONS = (0.7, 0.1, 0.2)
-RTE_EVAL_FRACTION = 0.1  # carved from rte/train.jsonl, stratified
-E2E_EVAL_FRACTION = 0.1  # of the meaning representations in e2e/devset.csv
+TaskRef = str | TaskCard  # a built-in task name or a card
 
 
-def get_task(name: str) -> Task:
-    """The registered task called ``name``; DataError listing the known ones otherwise."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        known = ", ".join(sorted(TASKS))
-        raise DataError(f"unknown task {name!r} (data.task); use one of: {known}") from None
+def get_card(ref: TaskRef) -> TaskCard:
+    """The card of a built-in task name, or the card itself."""
+    return ref if isinstance(ref, TaskCard) else builtin_card(ref)
+
+
+def get_task(ref: TaskRef) -> Task:
+    """The Task of a built-in name (the registered object) or of a card; DataError listing the known names."""
+    if isinstance(ref, str):
+        if ref in TASKS:
+            return TASKS[ref]
+        builtin_card(ref)  # raises the one-line error with the known names
+    return get_card(ref).to_task()
 
 
 @dataclass
@@ -109,88 +53,12 @@ class Splits:
     train: list[Example]
     eval: list[Example]
     test: list[Example]
+    origin: str = ""  # the source read, and its format
+    source_rows: dict[str, int] = field(default_factory=dict)  # source split -> rows (all of them, before carving)
+    carved: tuple[str, ...] = ()  # splits carved from train
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "eval": len(self.eval), "test": len(self.test)}
-
-
-def find_data_root(explicit: str | Path | None = None) -> Path:
-    """Folder holding the data sets: ``explicit``, else ``$ESTUARY_DATA``, else a ``shared/data``
-    folder beside an ancestor of the working directory or of this source file."""
-    if explicit is not None and str(explicit) != "":
-        path = Path(explicit).expanduser()
-        if not path.is_dir():
-            raise DataError(f"data.root {str(path)!r} is not a folder; point it at the shared data folder")
-        return path.resolve()
-    env = os.environ.get(ENV_VAR)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise DataError(
-                f"{ENV_VAR}={env!r} is not a folder; point it at the shared data folder or unset it"
-            )
-        return path.resolve()
-    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
-    for start in starts:
-        for ancestor in (start, *start.parents):
-            candidate = ancestor / "shared" / "data"
-            if candidate.is_dir():
-                return candidate
-    raise DataError(
-        f"no shared/data folder found above {starts[0]} or {starts[1]}; "
-        f"set data.root or {ENV_VAR} to the data folder"
-    )
-
-
-Three = tuple[list[Example], list[Example], list[Example]]  # train, eval, test
-
-
-def _rows(root: Path, rel: str, fmt: str) -> tuple[Row, ...]:
-    path = root / rel
-    try:
-        mtime = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        raise DataError(
-            f"data file {path} not found; set data.root or {ENV_VAR} to the folder holding {rel}"
-        ) from None
-    return parse_file(str(path), mtime, fmt)
-
-
-def _rng(seed: int, purpose: str) -> np.random.Generator:
-    return np.random.default_rng([seed, sum(ord(c) * (i + 1) for i, c in enumerate(purpose))])
-
-
-def _allocate(counts: Sequence[int], total: int) -> list[int]:
-    """Split ``total`` over groups proportionally to ``counts`` (largest remainder), capped at counts."""
-    n = sum(counts)
-    if n == 0:
-        return [0 for _ in counts]
-    raw = [c * total / n for c in counts]
-    alloc = [min(int(r), c) for r, c in zip(raw, counts, strict=True)]
-    order = sorted(range(len(counts)), key=lambda i: (-(raw[i] - int(raw[i])), i))
-    k = 0
-    while sum(alloc) < total:
-        i = order[k % len(order)]
-        if alloc[i] < counts[i]:
-            alloc[i] += 1
-        k += 1
-    return alloc
-
-
-def _stratified_split(
-    labels: Sequence[int], fractions: Sequence[float], rng: np.random.Generator
-) -> list[list[int]]:
-    """Partition positions ``0..len(labels)-1`` into ``len(fractions)`` parts, per label."""
-    parts: list[list[int]] = [[] for _ in fractions]
-    for lab in sorted(set(labels)):
-        idx = [i for i, y in enumerate(labels) if y == lab]
-        idx = [idx[j] for j in rng.permutation(len(idx))]
-        sizes = _allocate([round(f * 1_000_000) for f in fractions], len(idx))
-        start = 0
-        for p, size in enumerate(sizes):
-            parts[p].extend(idx[start : start + size])
-            start += size
-    return [sorted(p) for p in parts]
 
 
 def _subsample(
@@ -211,11 +79,11 @@ def stratified_sample(examples: Sequence[Example], size: int, *, seed: int, purp
     Deterministic in (seed, purpose)."""
     if size >= len(examples):
         return list(examples)
-    rng = _rng(seed, purpose)
+    rng = seeded_rng(seed, purpose)
     if all(e.label is not None for e in examples):
         labels = [int(e.label) for e in examples if e.label is not None]
         classes = sorted(set(labels))
-        alloc = _allocate([labels.count(c) for c in classes], size)
+        alloc = allocate([labels.count(c) for c in classes], size)
         chosen: list[int] = []
         for c, k in zip(classes, alloc, strict=True):
             idx = [i for i, y in enumerate(labels) if y == c]
@@ -225,79 +93,21 @@ def stratified_sample(examples: Sequence[Example], size: int, *, seed: int, purp
     return [examples[i] for i in sorted(chosen)]
 
 
-def _pick(examples: list[Example], parts: list[list[int]]) -> Three:
-    train, evals, test = ([examples[i] for i in p] for p in parts)
-    return train, evals, test
+_ROWS: dict[tuple[str, str, str], Rows] = {}
 
 
-def _cls(task: str, stem: str, rows: Sequence[Row]) -> list[Example]:
-    return [Example(text=r[2], label=int(r[1]), uid=f"{task}/{stem}/{r[0]}") for r in rows]
-
-
-def _load_sst2(root: Path, seed: int) -> Three:
-    del seed  # official splits
-    train, dev, test = (
-        _cls("sst2", s, _rows(root, f"sst2/{s}.txt", "sst2")) for s in ("train", "dev", "test")
-    )
-    return train, dev, test
-
-
-def _load_agnews(root: Path, seed: int) -> Three:
-    examples = _cls("agnews", "test", _rows(root, "agnews/test.csv", "agnews"))
-    labels = [int(e.label or 0) for e in examples]
-    parts = _stratified_split(labels, SINGLE_FILE_FRACTIONS, _rng(seed, "split/agnews"))
-    return _pick(examples, parts)
-
-
-def _load_rte(root: Path, seed: int) -> Three:
-    def build(stem: str) -> list[Example]:
-        rows = _rows(root, f"rte/{stem}.jsonl", "rte")
-        return [Example(text=r[2], text_pair=r[3], label=int(r[1]), uid=f"rte/{stem}/{r[0]}") for r in rows]
-
-    pool, test = build("train"), build("val")
-    labels = [int(e.label or 0) for e in pool]
-    tr, ev = _stratified_split(labels, (1 - RTE_EVAL_FRACTION, RTE_EVAL_FRACTION), _rng(seed, "split/rte"))
-    return [pool[i] for i in tr], [pool[i] for i in ev], test
-
-
-def _load_yelp(root: Path, seed: int, *, generation: bool) -> Three:
-    rows = _rows(root, "yelp/dev.csv", "yelp")
-    name = "yelp-gen" if generation else "yelp"
-    examples = [
-        Example(text=r[2], label=None if generation else int(r[1]), domain=r[3], uid=f"{name}/dev/{r[0]}")
-        for r in rows
-    ]
-    # Both tasks split on the star rating with the same generator: same seed, same rows per split.
-    parts = _stratified_split([int(r[1]) for r in rows], SINGLE_FILE_FRACTIONS, _rng(seed, "split/yelp"))
-    return _pick(examples, parts)
-
-
-def _load_e2e(root: Path, seed: int) -> Three:
-    def build(stem: str) -> list[Example]:
-        rows = _rows(root, f"e2e/{stem}.csv", "e2e")
-        return [Example(text=r[1], target=" " + r[2], uid=f"e2e/{stem}/{r[0]}") for r in rows]
-
-    pool, test = build("devset"), build("testset_w_refs")
-    mrs = sorted({e.text for e in pool})
-    n_eval = max(1, round(E2E_EVAL_FRACTION * len(mrs)))
-    eval_mrs = {mrs[j] for j in _rng(seed, "split/e2e").permutation(len(mrs))[:n_eval]}
-    train = [e for e in pool if e.text not in eval_mrs]
-    evals = [e for e in pool if e.text in eval_mrs]
-    return train, evals, test
-
-
-_LOADERS: dict[str, Callable[[Path, int], Three]] = {
-    "sst2": _load_sst2,
-    "agnews": _load_agnews,
-    "rte": _load_rte,
-    "yelp": functools.partial(_load_yelp, generation=False),
-    "yelp-gen": functools.partial(_load_yelp, generation=True),
-    "e2e": _load_e2e,
-}
+def _rows(card: TaskCard, split: SourceSplit) -> Rows:
+    """`rows_of`, cached per process on the card and the split's data (its `datasets` fingerprint)."""
+    key = (card.model_dump_json(), split.where, str(split.rows._fingerprint))
+    if key not in _ROWS:
+        if len(_ROWS) >= 32:
+            _ROWS.pop(next(iter(_ROWS)))
+        _ROWS[key] = rows_of(card, split)
+    return _ROWS[key]
 
 
 def load_splits(
-    task_name: str,
+    task: TaskRef,
     *,
     root: Path | None = None,
     seed: int = 0,
@@ -305,17 +115,37 @@ def load_splits(
     eval_size: int | None = None,
     test_size: int | None = None,
 ) -> Splits:
-    """Train/eval/test examples of ``task_name``, deterministic from ``seed``.
+    """Train/eval/test examples of a task (a built-in name or a card), deterministic from ``seed``.
 
-    ``*_size`` subsample a split after splitting (stratified by label for classification);
-    each split keeps source-file order.
+    ``root`` is the data root relative source paths are read under (default: `find_data_root()`, looked up
+    only when needed). ``*_size`` subsample a split after splitting (stratified by label for classification);
+    each split keeps source order.
     """
-    task = get_task(task_name)
-    data_root = find_data_root(root)
-    train, evals, test = _LOADERS[task.name](data_root, seed)
+    card = get_card(task)
+    spec = get_task(task)
+    data_root = find_data_root(root) if root is not None else None
+    source = load_source(card, data_root)
+    rows = {role: _rows(card, split) for role, split in source.splits.items()}
+    missing = [s for s in ("eval", "test") if s not in rows]
+    parts = carve(card, rows["train"], missing, seed) if missing else {"train": list(rows["train"].examples)}
+    parts.update({s: list(r.examples) for s, r in rows.items() if s != "train"})  # copies: rows are cached
     return Splits(
-        task=task,
-        train=_subsample(train, train_size, "train_size", task, seed),
-        eval=_subsample(evals, eval_size, "eval_size", task, seed),
-        test=_subsample(test, test_size, "test_size", task, seed),
+        task=spec,
+        train=_subsample(parts["train"], train_size, "train_size", spec, seed),
+        eval=_subsample(parts["eval"], eval_size, "eval_size", spec, seed),
+        test=_subsample(parts["test"], test_size, "test_size", spec, seed),
+        origin=source.origin,
+        source_rows={s.name: len(s.rows) for s in source.splits.values()},
+        carved=tuple(missing),
     )
+
+
+def load_job_splits(task: TaskRef, root: Path | None, seed: int, train_size: int | None,
+                    test_size: int | None) -> Splits:
+    """The splits a run uses: `train_size` examples of train (an error if it has fewer), at most `test_size`
+    of test (data.test_size's default, 200, is a cap: a small data set keeps all its test examples)."""
+    splits = load_splits(task, root=root, seed=seed, train_size=train_size)
+    if test_size is not None:
+        purpose = f"subsample/{splits.task.name}/test_size"  # as load_splits(test_size=...) draws it
+        splits.test = stratified_sample(splits.test, test_size, seed=seed, purpose=purpose)
+    return splits

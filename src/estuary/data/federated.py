@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from estuary.data.task import Example, Task
+from estuary.errors import DataError
+
+from .task import Example, Task
 
 CENTRAL = "central"  # the pooled client of the centralized baseline
 
@@ -46,6 +48,12 @@ class FederatedData:
         return {cid: (len(cd.train), len(cd.eval)) for cid, cd in self.clients.items()}
 
 
+def client_ids(count: int) -> list[str]:
+    """The ids of `count` clients: c000, c001, ... (zero-padded, so they sort in client order)."""
+    width = max(3, len(str(count - 1)))
+    return [f"c{i:0{width}d}" for i in range(count)]
+
+
 def build_federated_data(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
     """Cached on the JSON of the data section, so a worker builds it once per experiment."""
     return _build(data_cfg_json, num_clients, seed)
@@ -53,13 +61,19 @@ def build_federated_data(data_cfg_json: str, num_clients: int, seed: int) -> Fed
 
 @functools.lru_cache(maxsize=4)
 def _build(data_cfg_json: str, num_clients: int, seed: int) -> FederatedData:
-    from estuary.data import client_splits, find_data_root, load_splits, partition, stratified_sample
-    from estuary.platform.config import DataConfig
-    from estuary.platform.strategy import client_ids
+    from .data_config import DataConfig
+    from .datasets import find_data_root, load_job_splits, stratified_sample
+    from .partition import client_splits, partition
 
     cfg = DataConfig.model_validate_json(data_cfg_json)
-    root = find_data_root(cfg.root)
-    splits = load_splits(cfg.task, root=root, seed=seed, train_size=cfg.train_size, test_size=cfg.test_size)
+    root = find_data_root(cfg.root) if cfg.root else None
+    splits = load_job_splits(cfg.task, root, seed, cfg.train_size, cfg.test_size)
+    need = num_clients * cfg.min_client_size
+    if len(splits.train) < need:
+        raise DataError(
+            f"task {cfg.task_name} has {len(splits.train)} train examples, too few for {num_clients} clients of "
+            f"at least {cfg.min_client_size} (data.min_client_size); lower clients.count or data.min_client_size, "
+            "or give more data (data.train_size)")
     parts = partition(
         splits.train, num_clients, cfg.partition, alpha=cfg.alpha, seed=seed, min_size=cfg.min_client_size
     )

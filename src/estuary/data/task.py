@@ -33,7 +33,7 @@ class Task:
 
     name: str
     kind: TaskKind
-    template: str  # str.format template over {text} and {text_pair}
+    template: str  # str.format template over {text}, {text_pair} and {domain}
     label_words: tuple[str, ...] = ()
     label_names: tuple[str, ...] = ()
     description: str = ""  # one sentence describing the task, for LLM prompts in later methods
@@ -49,7 +49,7 @@ class Task:
         return "{text_pair}" in self.template
 
     def prompt(self, example: Example) -> str:
-        return self.template.format(text=example.text, text_pair=example.text_pair or "")
+        return self.template.format(text=example.text, text_pair=example.text_pair or "", domain=example.domain or "")
 
     def completion(self, example: Example) -> str:
         """The text the model should produce after the prompt (label word or target)."""

@@ -3,7 +3,8 @@
     checkpoints/<strategy>/round-0003/
         clients-00000.pt {client id: ClientState fields} of up to 64 clients per shard (LoRA adapters,
         clients-00001.pt  optimizer, privacy ledger); written shard by shard, so the driver holds one at a time
-        strategy.json    the strategy's state_dict() and the round's metrics
+        strategy.json    the strategy's state_dict() (its plain-data entries) and the round's metrics
+        strategy.pt      the state_dict() entries that hold tensors (e.g. FedAvg's global adapter), if any
         COMPLETE         written last: a folder without it is ignored (crash mid-save)
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from estuary.actors.state import ClientState
+from estuary.wire import ClientState
 
 
 class Checkpointer:
@@ -46,7 +47,11 @@ class Checkpointer:
         for i, chunk in enumerate(chunks):  # fields as they are: dataclasses.asdict would deep-copy every tensor
             torch.save({cid: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} for cid, s in chunk.items()},
                        path / f"clients-{i:05d}.pt")
-        meta = {"round": rnd, "strategy_state": driver_state, "metrics": metrics}
+        tensors = {k: v for k, v in driver_state.items() if holds_tensors(v)}
+        if tensors:
+            torch.save(tensors, path / "strategy.pt")
+        plain = {k: v for k, v in driver_state.items() if k not in tensors}
+        meta = {"round": rnd, "strategy_state": plain, "metrics": metrics}
         (path / "strategy.json").write_text(json.dumps(meta, default=float))
         (path / "COMPLETE").write_text("ok\n")
         for old in self.rounds(strategy)[: -self.keep]:
@@ -71,4 +76,14 @@ class Checkpointer:
             raw = torch.load(shard, weights_only=False)
             states.update({cid: ClientState(**fields) for cid, fields in raw.items()})
         meta = json.loads((path / "strategy.json").read_text())
-        return states, meta["strategy_state"], meta["metrics"]
+        driver_state = dict(meta["strategy_state"])
+        if (path / "strategy.pt").exists():
+            driver_state.update(torch.load(path / "strategy.pt", weights_only=True))
+        return states, driver_state, meta["metrics"]
+
+
+def holds_tensors(value: Any) -> bool:
+    """A tensor, or a non-empty mapping of tensors (an adapter's state dict): saved with torch, not JSON."""
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())

@@ -23,10 +23,10 @@ from typing import Any, TextIO
 
 import estuary
 from estuary.errors import ConfigError, EstuaryError
-from estuary.platform.config import load_config
-from estuary.platform.runtime import worker_env
-from estuary.platform.shutdown import TIMEOUT_ENV, timeout_from_env
-from estuary.platform.shutdown import exit_code as stop_exit_code
+from estuary.platform.loading import load_config
+from estuary.runtime import worker_env
+from estuary.shutdown import TIMEOUT_ENV, timeout_from_env
+from estuary.shutdown import exit_code as stop_exit_code
 
 METADATA_KEY = "estuary"
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
@@ -97,7 +97,7 @@ def build_submission(
     for o in overrides:
         args += ["--set", o]
     # `ray job stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3 s): the driver's
-    # cleanup (estuary.platform.shutdown) gets its own bound and 10 s more. Ray's job supervisor gets the env_vars.
+    # cleanup (estuary.shutdown) gets its own bound and 10 s more. Ray's job supervisor gets the env_vars.
     stop_s = timeout_from_env({**os.environ, **(env or {})})
     stop = {TIMEOUT_ENV: f"{stop_s:g}", STOP_WAIT_ENV: str(math.ceil(stop_s) + 10)}
     runtime_env: dict[str, Any] = {"working_dir": str(staging), "env_vars": {**worker_env(), **stop, **(env or {})}}

@@ -8,6 +8,8 @@
       privacy.jsonl     every DP operation of every client (mechanism, σ, q, steps, ε after), refusals
       summary.json      final metrics per strategy (the method and its baselines)
       plots/*.png       metrics per round, spread across clients
+      tensorboard/      the rounds as TensorBoard scalars, a folder per strategy (output.report_to; tracking.py)
+      tracking.json     the MLflow / W&B runs this run logs to (what `estuary resume` continues)
       knowledge/*.jsonl what clients sent and the server made of it (synthetic samples, filter verdicts,
                         generated data, scores), one row per item, tagged with strategy and round
       checkpoints/      per strategy, after each round
@@ -20,9 +22,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from estuary.errors import EstuaryError
+
+if TYPE_CHECKING:
+    from estuary.platform.tracking import Tracking
 
 JSONL_FILES = ("rounds.jsonl", "clients.jsonl", "failures.jsonl", "privacy.jsonl")
 
@@ -49,8 +54,9 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class Recorder:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, tracking: Tracking | None = None) -> None:
         self.dir = run_dir
+        self.tracking = tracking  # experiment trackers that also get every round (output.report_to)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "plots").mkdir(exist_ok=True)
         (self.dir / "checkpoints").mkdir(exist_ok=True)
@@ -67,7 +73,11 @@ class Recorder:
             os.fsync(fh.fileno())
 
     def write_round(self, row: dict[str, Any]) -> None:
+        """Append a round to rounds.jsonl, then to the trackers (in that order: a crash between the two loses a
+        tracked point rather than logging it twice on resume)."""
         self._append("rounds.jsonl", [row])
+        if self.tracking is not None:
+            self.tracking.log_round(row)
 
     def write_clients(self, rows: list[dict[str, Any]]) -> None:
         self._append("clients.jsonl", rows)

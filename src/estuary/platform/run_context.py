@@ -11,20 +11,19 @@ import ray
 
 from estuary.errors import RoundFailed
 from estuary.platform.checkpoint import Checkpointer
-from estuary.platform.faults import FaultInjector
+from estuary.platform.fault_drills import FaultInjector
 from estuary.platform.metrics import MeteredLLM, RunMetrics
-from estuary.platform.plan import ClientTask
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder
-from estuary.platform.strategy import RoundOutcome
+from estuary.wire import ClientTask, RoundOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from estuary.actors.pool import ClientPool
+    from estuary.client.pool import ClientPool
+    from estuary.config import ExperimentConfig
     from estuary.data.task import Example, Task
-    from estuary.platform.config import ExperimentConfig
     from estuary.platform.strategy import Strategy
     from estuary.serve.client import ServerLLM
 
@@ -36,11 +35,12 @@ def _evaluate_model(
     # num_cpus=0: it runs between client phases, while the client workers (which hold the CPUs) idle.
     import torch
 
-    from estuary.actors import slm
+    from estuary.lm.model import load_base
+    from estuary.lm.scoring import evaluate
 
     torch.set_num_threads(threads)
-    model, tok = slm.load_base(path, dtype=dtype)
-    return slm.evaluate(model, tok, task, examples, batch_size=batch_size, max_length=max_length)
+    model, tok = load_base(path, dtype=dtype)
+    return evaluate(model, tok, task, examples, batch_size=batch_size, max_length=max_length)
 
 
 def _serve_app_running(name: str) -> bool:
@@ -157,6 +157,7 @@ class RunContext:
         server.on_generate = self.metrics.on_generate
         self.faults = FaultInjector(exp.faults, recorder.dir, exp.method)
         self._last: dict[str, dict[str, float]] = {}
+        self._epsilon: dict[str, dict[str, float]] = {}  # strategy → client → ε its ledger reached this round
 
     # ------------------------------------------------------------------ resume
     def restore(self, strategy: Strategy) -> int:
@@ -212,6 +213,9 @@ class RunContext:
         """privacy.jsonl rows of the round's Egress records; a run without DP says so on the console."""
         rows = [row for eg in outcome.results.values() for row in eg.privacy_rows()]
         self.recorder.write_privacy(rows)
+        for eg in outcome.results.values():
+            if eg.privacy and math.isfinite(eg.privacy[-1].epsilon_after):
+                self._epsilon.setdefault(name, {})[eg.client_id] = float(eg.privacy[-1].epsilon_after)
         off = sorted({r["client"] for r in rows if r.get("op") == "non-private"})
         if off:
             self.progress.log(
@@ -249,6 +253,9 @@ class RunContext:
             "examples": examples,
             "metrics": metrics,
         }
+        epsilon = self._epsilon.pop(strategy.name, {})
+        if epsilon:  # the ledgers of the clients that did DP work in the round
+            row["epsilon"] = dict(sorted(epsilon.items()))
         self.recorder.write_round(row)
         self.metrics.on_round(strategy.name, rnd, metrics, examples / wall_s if wall_s > 0 else 0.0)
         self.faults.maybe_kill_driver(strategy.name, rnd)  # faults.kill_driver_in_round: before the checkpoint

@@ -25,14 +25,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
-from estuary.actors.egress import Egress
-from estuary.platform.plan import ClientTask
+from estuary.data.federated import client_ids
 from estuary.platform.sampling import sample_clients
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
+    from estuary.config import ExperimentConfig
     from estuary.data.task import Task
-    from estuary.platform.config import ExperimentConfig
     from estuary.platform.run_context import RunContext, ServerContext
 
 
@@ -41,30 +41,6 @@ class NoParams:
     """This method has no parameters of its own (it uses the job's training section)."""
 
 
-@dataclasses.dataclass
-class RoundOutcome:
-    results: dict[str, Egress]
-    failures: dict[str, str]  # client id → last error text
-    attempts: int = 0  # task submissions, retries included
-    late: list[str] = dataclasses.field(default_factory=list)  # cut by clients.round_deadline_s (in failures)
-
-    @property
-    def ok(self) -> int:
-        return len(self.results)
-
-    def then(self, later: RoundOutcome) -> RoundOutcome:
-        """This phase followed by a later one in the same round: the later Egress records, carrying the
-        earlier phase's metrics they do not overwrite; failures and attempts of both."""
-        results = {cid: dataclasses.replace(eg, metrics={**self.results[cid].metrics, **eg.metrics})
-                   if cid in self.results else eg for cid, eg in later.results.items()}
-        failures = {**self.failures, **later.failures}
-        return RoundOutcome(results, {c: t for c, t in failures.items() if c not in results},
-                            self.attempts + later.attempts, [*self.late, *later.late])
-
-
-def client_ids(count: int) -> list[str]:
-    width = max(3, len(str(count - 1)))
-    return [f"c{i:0{width}d}" for i in range(count)]
 
 
 def summarize_metrics(results: Mapping[str, Egress]) -> dict[str, float]:
@@ -84,6 +60,16 @@ def summarize_metrics(results: Mapping[str, Egress]) -> dict[str, float]:
 
 
 class Strategy(ABC):
+    """A method: driver-side hooks (`configure_round`, `aggregate`, `server_step`, `evaluate`, ...) and the client
+    side (`client_step`), in one class.
+
+    The two sides run in different processes. The driver builds one instance; every client worker builds its own
+    copy from the job (`cls(exp, params)`) and calls only `client_step` on it. State a driver-side hook sets on
+    `self` is therefore not visible in `client_step`: send what a client needs in `ClientTask.params` (what every
+    task of a round needs, e.g. a global adapter, once: `estuary.runtime.share` on the driver, `resolve` in
+    `client_step`), and keep what a client owns across rounds in its `ClientState.extra`.
+    """
+
     name: ClassVar[str]
     config_class: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
@@ -106,8 +92,15 @@ class Strategy(ABC):
         why = cls.task_misfit(get_task(cfg.data.task))
         if why is not None:
             fitting = ", ".join(n for n, t in TASKS.items() if cls.task_misfit(t) is None)
-            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task!r} {why} — "
+            raise ConfigError(f"{source}: {cls.name} {cls.task_use}; data.task {cfg.data.task_name!r} {why} — "
                               f"use {fitting}")
+
+    @classmethod
+    def generator_model(cls, cfg: ExperimentConfig) -> str | None:
+        """The model this strategy's clients DP-fine-tune as a generator or teacher, when it is not each
+        client's own SLM (None). Default: `privacy.generator_model`. The runner resolves it before the run and
+        the preflight checks that Opacus can train it."""
+        return cfg.privacy.generator_model
 
     @classmethod
     def task_misfit(cls, task: Task) -> str | None:
@@ -158,7 +151,8 @@ class Strategy(ABC):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """Driver-side state to checkpoint with each round (server adapter version, ...)."""
+        """Driver-side state to checkpoint with each round (server adapter version, ...): plain data, and
+        entries that are tensors or mappings of tensors (saved with torch beside it, e.g. an adapter)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

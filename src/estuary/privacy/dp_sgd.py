@@ -1,6 +1,6 @@
 """DP-SGD on a client SLM's LoRA adapter with Opacus, charged to the client's privacy ledger.
 
-`dp_train_steps` is the DP counterpart of `estuary.actors.slm.train_steps`: Poisson sampling
+`dp_train_steps` is DP-SGD as a step of the one training loop (`estuary.lm.loop.TrainingLoop`): Poisson sampling
 (`UniformWithReplacementSampler`, so the sample rate is exactly q = batch_size / n) and noised steps of an
 Opacus `DPStepper` (estuary.privacy.stepper: ghost clipping where Opacus supports the layers, per-example
 hooks otherwise; Poisson batches above `privacy.max_physical_batch_size` run in physical chunks). Before
@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from estuary.actors.evaluation import Encoded, _pad_id, encode, model_device
-from estuary.actors.slm import _export_optimizer, _mix, _rng_scope, adamw, train_steps, trainable_parameters
 from estuary.data.task import Example, Task
+from estuary.lm.encoding import Encoded, encode, padding_id
+from estuary.lm.loop import LoopResult, StepReport, TrainingLoop, train_steps
+from estuary.lm.model import trainable_parameters
+from estuary.lm.seeding import mix_seed
 from estuary.privacy.ledger import INF, BudgetExceeded, LedgerEntry, PrivacyError, PrivacyLedger
 from estuary.privacy.stepper import DPStepper, check_wrappable, choose_clipping, make_generators
 
 if TYPE_CHECKING:
-    from estuary.platform.config import PrivacyConfig
+    from estuary.config import PrivacyConfig
 
-_UNSET: Any = object()
+FROM_CONFIG: Any = object()  # target_epsilon default: the job's privacy.target_epsilon
 
 
 @dataclass
@@ -74,7 +76,7 @@ def dp_train_steps(
     optimizer_state: dict[str, Any] | None = None,
     weight_decay: float = 0.0,
     plan_steps: int | None = None,
-    target_epsilon: float | None = _UNSET,
+    target_epsilon: float | None = FROM_CONFIG,
     purpose: str = "train",
     adapter_only: bool = True,
 ) -> DPTrainResult:
@@ -118,7 +120,7 @@ def dp_train_steps(
                             seed, optimizer_state, weight_decay, began)
     if led.data.get("non_private"):
         return refuse("this client's data was already used without DP (ε = ∞); no DP guarantee is left to keep")
-    target = dp_cfg.target_epsilon if target_epsilon is _UNSET else target_epsilon
+    target = dp_cfg.target_epsilon if target_epsilon is FROM_CONFIG else target_epsilon
     sigma = dp_cfg.noise_multiplier
     if sigma is None:
         if target is None:
@@ -135,50 +137,14 @@ def dp_train_steps(
             f"> budget {budget:g} (spent {led.epsilon:.4g})"
         )
 
-    optimizer, names, _params, start = adamw(named, lr, weight_decay, optimizer_state)
-    device = model_device(model)
-    mode, why = choose_clipping(model, dp_cfg.clipping)
-    g_noise, g_sample, rng, secure = make_generators(dp_cfg.secure_rng, _mix(seed, start), device)
-    was_training = model.training
-    pad_id = _pad_id(tokenizer)
-    stepper = DPStepper(model, optimizer, mode=mode, sigma=sigma, max_grad_norm=dp_cfg.max_grad_norm,
-                        expected_batch_size=q * n, noise_generator=g_noise, secure_mode=secure, pad_id=pad_id,
-                        max_physical_batch_size=dp_cfg.max_physical_batch_size)
-    losses, sizes, tokens = [], [], 0
-    cache: dict[int, Encoded] = {}
-    try:
-        # Charged before the first step: a crash mid-way can only over-count.
-        eps_after = led.charge(sigma, q, n_steps) if n_steps else led.epsilon
-        entry = led.append(LedgerEntry(op="dp-sgd", mechanism="subsampled-gaussian", epsilon_after=eps_after,
-                                       sigma=sigma, steps=n_steps, max_grad_norm=dp_cfg.max_grad_norm,
-                                       clipping=mode, rng=rng, detail=why, **common))
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-        sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=g_sample, steps=n_steps)
-        for k, idx in enumerate(sampler):
-            todo = sorted({i for i in idx if i not in cache})
-            if todo:
-                cache.update(zip(todo, encode(tokenizer, task, [examples[i] for i in todo], max_length=max_length),
-                                 strict=True))
-            batch = [cache[i] for i in idx]
-            weights = None
-            if not batch:  # an empty Poisson batch still takes a noised (and accounted) step
-                batch, weights = [([pad_id, pad_id], 1)], torch.zeros(1)
-            sizes.append(len(idx))
-            tokens += sum(len(ids) for ids, _ in batch) if idx else 0
-            with _rng_scope(_mix(seed, start + k, 2), device):
-                loss = stepper.step(batch, weights)
-            losses.append(loss if idx else float("nan"))
-    finally:
-        stepper.close()
-        model.train(was_training)
-    if stepper.steps != n_steps:
-        raise RuntimeError(f"Opacus took {stepper.steps} noised steps, the ledger charged {n_steps}")
+    result, entry, eps_after, mode, why, rng, sizes = _dp_loop(
+        model, tokenizer, task, examples, led=led, dp_cfg=dp_cfg, common=common, sigma=sigma, q=q, n_steps=n_steps,
+        lr=lr, max_length=max_length, seed=seed, optimizer_state=optimizer_state, weight_decay=weight_decay)
     return DPTrainResult(
-        losses=losses,
-        optimizer_state=_export_optimizer(optimizer, names, start + n_steps),
-        examples_seen=sum(sizes),
-        tokens=tokens,
+        losses=result.losses,
+        optimizer_state=result.optimizer_state,
+        examples_seen=result.examples,
+        tokens=result.tokens,
         seconds=time.perf_counter() - began,
         steps=n_steps,
         sigma=sigma,
@@ -191,6 +157,64 @@ def dp_train_steps(
         batch_sizes=sizes,
         entry=entry,
     )
+
+
+def _dp_loop(
+    model: Any, tokenizer: Any, task: Task, examples: Sequence[Example], *, led: PrivacyLedger,
+    dp_cfg: PrivacyConfig, common: dict[str, Any], sigma: float, q: float, n_steps: int, lr: float,
+    max_length: int, seed: int, optimizer_state: dict[str, Any] | None, weight_decay: float,
+) -> tuple[LoopResult, LedgerEntry, float, str, str, str, list[int]]:
+    """The noised steps on the one training loop, charged to the ledger before the first one: (the loop's
+    result, the ledger entry, ε after, clipping mode, why, the RNG's description, the Poisson batch sizes)."""
+    n = len(examples)
+    loop = TrainingLoop(model, lr=lr, seed=seed, rng_tag=2, weight_decay=weight_decay, optimizer_state=optimizer_state)
+    mode, why = choose_clipping(model, dp_cfg.clipping)
+    g_noise, g_sample, rng, secure = make_generators(dp_cfg.secure_rng, mix_seed(seed, loop.start), loop.device)
+    pad = padding_id(tokenizer)
+    stepper = DPStepper(model, loop.optimizer, mode=mode, sigma=sigma, max_grad_norm=dp_cfg.max_grad_norm,
+                        expected_batch_size=q * n, noise_generator=g_noise, secure_mode=secure, pad_id=pad,
+                        max_physical_batch_size=dp_cfg.max_physical_batch_size)
+    sizes: list[int] = []
+    try:
+        # Charged before the first step: a crash mid-way can only over-count.
+        eps_after = led.charge(sigma, q, n_steps) if n_steps else led.epsilon
+        entry = led.append(LedgerEntry(op="dp-sgd", mechanism="subsampled-gaussian", epsilon_after=eps_after,
+                                       sigma=sigma, steps=n_steps, max_grad_norm=dp_cfg.max_grad_norm,
+                                       clipping=mode, rng=rng, detail=why, **common))
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        batches = iter(UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=g_sample, steps=n_steps))
+
+        step = _poisson_step(stepper, batches, lambda idx: encode(tokenizer, task, [examples[i] for i in idx],
+                                                                  max_length=max_length), pad, sizes)
+        result = loop.run(n_steps, step)
+    finally:
+        stepper.close()
+    if stepper.steps != n_steps:
+        raise RuntimeError(f"Opacus took {stepper.steps} noised steps, the ledger charged {n_steps}")
+    return result, entry, eps_after, mode, why, rng, sizes
+
+
+def _poisson_step(stepper: DPStepper, batches: Iterator[list[int]], encode_rows: Callable[[list[int]], list[Encoded]],
+                  pad: int, sizes: list[int]) -> Callable[[int], StepReport]:
+    """The DP step: the next Poisson batch (its rows encoded once and cached), clipped and noised by `stepper`."""
+    cache: dict[int, Encoded] = {}
+
+    def step(_k: int) -> StepReport:
+        idx = list(next(batches))
+        todo = sorted({i for i in idx if i not in cache})
+        if todo:
+            cache.update(zip(todo, encode_rows(todo), strict=True))
+        batch = [cache[i] for i in idx]
+        weights = None
+        if not batch:  # an empty Poisson batch still takes a noised (and accounted) step
+            batch, weights = [([pad, pad], 1)], torch.zeros(1)
+        sizes.append(len(idx))
+        loss = stepper.step(batch, weights)
+        return StepReport(loss if idx else float("nan"), tokens=sum(len(ids) for ids, _ in batch) if idx else 0,
+                          examples=len(idx))
+
+    return step
 
 
 def _non_private(

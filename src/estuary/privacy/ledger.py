@@ -5,7 +5,7 @@ rounds, pooled-worker swaps and actor restarts; no worker keeps it. Its layout (
 
     {"version": 1,
      "accountant": "rdp",                      # the accountant ε is reported and budgeted with
-     "delta": 1.3e-3, "delta_source": "1/n^1.1 (n=420)",
+     "delta": 1e-5, "delta_source": "privacy.delta",     # or "1/n^1.1 (n=420)" under that named rule
      "accountants": {"rdp": {...}, "prv": {...}},   # Opacus state_dict() of both accountants
      "epsilon": 2.97,                          # ε after the last operation (configured accountant)
      "non_private": False,                     # True forever once anything ran with ε = ∞
@@ -24,6 +24,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from estuary.config.privacy import delta_refusal, resolve_delta
 from estuary.errors import EstuaryError
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -72,11 +73,6 @@ class LedgerEntry:
             row["epsilon_after"] = "inf"
             row["warning"] = "PRIVACY DISABLED (ε = ∞): this client's data was used without DP"
         return row
-
-
-def default_delta(n: int) -> float:
-    """δ = 1/n^1.1 for a client holding n examples (below 1/n, as DP requires)."""
-    return 1.0 / max(n, 2) ** 1.1
 
 
 @functools.lru_cache(maxsize=4096)
@@ -171,20 +167,26 @@ class PrivacyLedger:
         return list(self.data.get("entries", []))
 
     # ------------------------------------------------------------------ δ
-    def fix_delta(self, configured: float | None, n: int) -> float:
-        """δ of this client: set at its first DP operation and unchanged afterwards."""
+    def fix_delta(self, configured: float | str, n: int, client: str = "") -> float:
+        """δ of this client (`privacy.delta`: a number, or the named rule '1/n^1.1' of its data size n): set at
+        its first DP operation and unchanged afterwards. A δ at or above 1/n of the n examples about to be
+        charged is refused (PrivacyError), however the run got here: the safety net behind the check made
+        before the run starts (estuary.platform.preflight.check_delta)."""
         current = self.delta
-        wanted = configured if configured is not None else default_delta(n)
-        if current is None:
-            self.data["delta"] = wanted
-            self.data["delta_source"] = "privacy.delta" if configured is not None else f"1/n^1.1 (n={n})"
-            return wanted
-        if configured is not None and not math.isclose(configured, current, rel_tol=1e-9):
+        wanted, source = resolve_delta(configured, n)
+        if current is not None and not isinstance(configured, str) and not math.isclose(wanted, current, rel_tol=1e-9):
             raise PrivacyError(
-                f"privacy.delta={configured:g} differs from the δ={current:g} this client's ledger was started "
+                f"privacy.delta={wanted:g} differs from the δ={current:g} this client's ledger was started "
                 "with; keep privacy.delta unchanged for a run"
             )
-        return current
+        delta = wanted if current is None else current
+        why = delta_refusal(delta, n, f"client {client}" if client else "this client")
+        if why is not None:
+            raise PrivacyError(why)
+        if current is None:
+            self.data["delta"] = delta
+            self.data["delta_source"] = source
+        return delta
 
     # ------------------------------------------------------------------ accounting
     def project(self, sigma: float, sample_rate: float, steps: int) -> float:

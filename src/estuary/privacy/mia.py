@@ -48,7 +48,7 @@ def dp_auc_bound(epsilon: float, delta: float, points: int = 20001) -> float:
 def example_losses(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example], *, max_length: int,
                    batch_size: int = 16) -> list[float]:
     """Per-example mean completion-token loss (the attack's signal), in eval mode without grad."""
-    from estuary.actors.evaluation import _pad_id, encode
+    from estuary.lm.encoding import encode, padding_id
     from estuary.privacy.stepper import per_example_losses
 
     seqs = encode(tokenizer, task, list(examples), max_length=max_length)
@@ -58,7 +58,7 @@ def example_losses(model: Any, tokenizer: Any, task: Task, examples: Sequence[Ex
     try:
         with torch.inference_mode():
             for i in range(0, len(seqs), batch_size):
-                out.extend(per_example_losses(model, seqs[i : i + batch_size], _pad_id(tokenizer)).tolist())
+                out.extend(per_example_losses(model, seqs[i : i + batch_size], padding_id(tokenizer)).tolist())
     finally:
         model.train(was_training)
     return out

@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
-from estuary.actors.evaluation import Encoded, completion_token_logprobs
-from estuary.actors.slm import _mix, trainable_parameters
+from estuary.lm.encoding import Encoded
+from estuary.lm.model import trainable_parameters
+from estuary.lm.scoring import completion_token_logprobs
+from estuary.lm.seeding import mix_seed
 from estuary.privacy.ledger import PrivacyError
 
 _NO_FORWARD = (torch.nn.ParameterDict, torch.nn.ParameterList)  # parameters used outside a forward: no hook
@@ -83,8 +85,8 @@ def choose_clipping(model: torch.nn.Module, requested: str) -> tuple[str, str]:
 def make_generators(secure: bool, seed: int, device: torch.device) -> tuple[Any, Any, str, bool]:
     """(noise generator, sampling generator, description, Opacus secure_mode)."""
     if not secure:
-        noise = torch.Generator(device=device).manual_seed(_mix(seed, 3))
-        sample = torch.Generator().manual_seed(_mix(seed, 4))
+        noise = torch.Generator(device=device).manual_seed(mix_seed(seed, 3))
+        sample = torch.Generator().manual_seed(mix_seed(seed, 4))
         return noise, sample, "seeded torch.Generator (reproducible; privacy.secure_rng=true for deployment)", False
     try:
         import torchcsprng as csprng

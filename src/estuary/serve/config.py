@@ -8,7 +8,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from estuary.resources import Resources, rename_old_keys
+
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class ServerResources(Resources):
+    """Ray resources of the server LLM's replica (`server.resources`)."""
+
+    num_cpus: float = Field(
+        0.0, ge=0, description="Ray logical CPUs reserved by the replica (0 lets it sit beside client workers; "
+        "its real threads come from server.cpu_threads)."
+    )
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs of the replica: 0 = CPU host, a fraction shares one GPU, an integer n uses n "
+        "whole GPUs (tensor parallel). Ray sets CUDA_VISIBLE_DEVICES for it, so clients keep theirs."
+    )
 
 
 class ServerConfig(BaseModel):
@@ -74,20 +89,13 @@ class ServerConfig(BaseModel):
     adapter_root: str | None = Field(
         None, description="Folder of published adapter versions (default: <estuary cache>/server-adapters/<app_name>)."
     )
-    num_cpus: float = Field(
-        0.0, ge=0, description="Ray logical CPUs reserved by the replica (0 lets it sit beside client workers; "
-        "its real threads come from cpu_threads)."
-    )
-    num_gpus: float = Field(
-        0.0, ge=0, description="GPUs of the replica: 0 = CPU host, a fraction shares one GPU, an integer n uses n "
-        "whole GPUs (tensor parallel). Ray sets CUDA_VISIBLE_DEVICES for it, so clients keep theirs."
+    resources: ServerResources = Field(
+        default_factory=ServerResources, description="Ray resources of each replica: num_cpus (default 0), num_gpus "
+        "(0 = CPU host, a fraction shares one GPU, n whole GPUs = tensor parallel), custom (e.g. {estuary_server: 1})."
     )
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Share of the GPU's memory vLLM may use (None = 0.9 x the GPU fraction); must "
-        "not exceed the fraction given by num_gpus."
-    )
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources of the replica, e.g. {llm_slot: 1}, to pin it."
+        "not exceed the fraction given by resources.num_gpus."
     )
     num_replicas: int = Field(1, ge=1, description="Serve replicas (each loads the model; adapters come from "
                               "adapter_root, so every replica sees every published version).")
@@ -105,18 +113,22 @@ class ServerConfig(BaseModel):
         "per call, the access log, on the console and in the Ray session's log files)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_resource_keys(cls, data: Any) -> Any:
+        """server.num_cpus / num_gpus and a `resources` mapping of custom resources: the old keys."""
+        return rename_old_keys(data, "server", {"num_cpus": "num_cpus", "num_gpus": "num_gpus"}, loose_custom=True)
+
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:
-        g = self.num_gpus
-        if g > 1 and not float(g).is_integer():
-            raise ValueError(f"num_gpus={g}: use a fraction below 1 or a whole number of GPUs")
+        g = self.resources.num_gpus
         if self.gpu_memory_utilization is not None:
             if g == 0:
-                raise ValueError("gpu_memory_utilization needs num_gpus > 0 (CPU hosts size the KV cache with "
-                                 "kv_cache_gib)")
+                raise ValueError("gpu_memory_utilization needs resources.num_gpus > 0 (CPU hosts size the KV cache "
+                                 "with kv_cache_gib)")
             if g < 1 and self.gpu_memory_utilization > g + 1e-9:
                 raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} exceeds the GPU fraction "
-                                 f"num_gpus={g}: other actors share the rest of that GPU")
+                                 f"resources.num_gpus={g}: other actors share the rest of that GPU")
         if self.max_lora_rank not in LORA_RANKS:
             raise ValueError(f"max_lora_rank={self.max_lora_rank}: vLLM accepts {', '.join(map(str, LORA_RANKS))}")
         if self.enable_lora is False and self.max_cpu_loras is not None:
@@ -130,7 +142,7 @@ class ServerConfig(BaseModel):
     # -- derived values ----------------------------------------------------------------------------
     @property
     def on_gpu(self) -> bool:
-        return self.num_gpus > 0
+        return self.resources.on_gpu
 
     @property
     def model_id(self) -> str:
@@ -140,7 +152,7 @@ class ServerConfig(BaseModel):
         """vLLM's gpu_memory_utilization, matched to the GPU fraction this replica holds."""
         if self.gpu_memory_utilization is not None:
             return self.gpu_memory_utilization
-        return round(0.9 * min(self.num_gpus, 1.0), 4) if self.on_gpu else 0.9
+        return round(0.9 * min(self.resources.num_gpus, 1.0), 4) if self.on_gpu else 0.9
 
     def kv_cache_bytes(self) -> int | None:
         if self.kv_cache_gib is not None:
@@ -148,7 +160,7 @@ class ServerConfig(BaseModel):
         return None if self.on_gpu else 2 * 2**30
 
     def tensor_parallel_size(self) -> int:
-        return max(1, int(self.num_gpus)) if self.num_gpus >= 1 else 1
+        return max(1, int(self.resources.num_gpus))
 
     def use_chunked_prefill(self) -> bool:
         return self.on_gpu if self.chunked_prefill is None else self.chunked_prefill
@@ -194,9 +206,4 @@ class ServerConfig(BaseModel):
 
     def actor_options(self) -> dict[str, Any]:
         """Ray actor options of the replica: CPUs, GPUs (fraction or whole), custom resources, environment."""
-        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "runtime_env": {"env_vars": self.replica_env()}}
-        if self.on_gpu:
-            opts["num_gpus"] = self.num_gpus
-        if self.resources:
-            opts["resources"] = dict(self.resources)
-        return opts
+        return {**self.resources.ray_options(), "runtime_env": {"env_vars": self.replica_env()}}

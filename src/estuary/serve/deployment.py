@@ -190,6 +190,7 @@ class LLMServer:
             "model": self.config.model_id, "model_path": self.model_path, "engine": self.engine.name,
             "dtype": self.engine.dtype, "max_model_len": self.engine.max_model_len, "cpu_threads": self.engine.threads,
             "enable_lora": self.config.enable_lora, "engine_start_s": round(self.started_s, 2),
+            "chat_template": bool(getattr(self.engine.tokenizer, "chat_template", None)),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "adapters": {n: [v.id for v in vs] for n, vs in (await self.versions()).items()},
         }

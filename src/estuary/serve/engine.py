@@ -117,7 +117,7 @@ def use_cpu_threads(config: ServerConfig) -> int | None:
     """Give a CPU engine its threads: `cpu_threads`, else every core this process may run on.
 
     Ray sets OMP_NUM_THREADS=1 in actors that reserve fewer than 2 CPUs (the replica reserves
-    `num_cpus`, 0 by default), which would leave vLLM one thread; call this before the engine loads.
+    `resources.num_cpus`, 0 by default), which would leave vLLM one thread; call this before the engine loads.
     """
     if config.on_gpu:
         return None

@@ -69,12 +69,11 @@ def preflight(config: ServerConfig) -> str:
                 "server.kv_cache_gib or free memory")
     if ray.is_initialized():
         have = ray.cluster_resources()
-        wants = {"CPU": config.num_cpus, "GPU": config.num_gpus, **config.resources}
-        for key, amount in wants.items():
-            if amount and have.get(key, 0) < amount:
+        for key, amount in config.resources.bundle().items():
+            if have.get(key, 0) < amount:
                 raise ServerStartupError(
                     f"the server LLM needs {key}={amount} but the Ray cluster has {have.get(key, 0)}; "
-                    f"adjust server.{'num_gpus' if key == 'GPU' else 'num_cpus' if key == 'CPU' else 'resources'}")
+                    f"adjust server.resources.{config.resources.field_of(key)}")
     return model_path
 
 
@@ -98,7 +97,7 @@ def _unschedulable(text: str) -> str | None:
     if m is None:
         return None
     return (f"the Ray cluster has no room for the replica: it needs {m.group('need')}, available "
-            f"{m.group('have')}; lower server.num_cpus / num_gpus / resources or free them")
+            f"{m.group('have')}; lower server.resources (num_cpus, num_gpus, custom) or free them")
 
 
 def wait_until_running(app_name: str, timeout_s: float, poll_s: float = 1.0,

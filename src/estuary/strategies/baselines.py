@@ -7,20 +7,19 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.egress import Egress
 from estuary.data.federated import CENTRAL
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
 from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.baselines_config import (
     CentralizedConfig,
     LLMCentralizedConfig,
     StandaloneConfig,
     ZeroShotConfig,
 )
+from estuary.wire import ClientTask, Egress
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
     from estuary.platform.run_context import ServerContext
 
 

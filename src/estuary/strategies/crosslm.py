@@ -9,8 +9,11 @@ Per round:
   `calibration: prior` (default) the probabilities are first corrected for the client's own label prior
   (its mean prediction over the round's samples), so a label-skewed client still ranks minority-label samples.
 - server: scores are aggregated across clients (mean probability and agreement fraction); the samples
-  passing both thresholds are selected. The LLM is fine-tuned (Ray Train + DeepSpeed, LoRA): a fresh adapter
-  on every sample selected so far, or with `llm_continue` the live adapter on this round's selection. The
+  passing both thresholds are selected. The LLM is fine-tuned (Ray Train + DeepSpeed, LoRA) on them as
+  generation records (label prompt → sample) and, as the paper trains both sides on the selected data, as
+  task records (the sample's task prompt → its label word; `llm_task_records: false` leaves these out): a
+  fresh adapter on every sample selected so far, or with `llm_continue` the live adapter on this round's
+  selection. The
   adapter is published as the next live version, which the next round generates with. The LLM is evaluated
   on the task (through the deployment, that version) and on a general text set (perplexity).
 - phase 2 `train` (clients): each client trains on private + selected data and is evaluated.
@@ -27,19 +30,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from estuary.actors.context import derive_seed
-from estuary.actors.egress import Egress
+from estuary.client.context import derive_seed
 from estuary.data.task import Example
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.crosslm_config import CrossLMConfig
 from estuary.strategies.fdkt import example_row
 from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
 from estuary.strategies.transfer import train_on_transfer
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
     from estuary.platform.run_context import ServerContext
 
 
@@ -200,7 +202,7 @@ def _score(ctx: ClientContext, generated: list[Example],
     `calibration` is none), argmax agreement, and the client's mean prediction over the samples."""
     if not generated:
         return [], [], []
-    from estuary.actors.evaluation import predict_label_probs
+    from estuary.lm.scoring import predict_label_probs
 
     probs = predict_label_probs(ctx.model, ctx.tokenizer, ctx.task, generated,
                                 batch_size=ctx.exp.evaluation.batch_size, max_length=ctx.exp.training.max_length)

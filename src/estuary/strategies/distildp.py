@@ -4,17 +4,19 @@ Federated form. The teacher is DP-trained in the client that owns the data, not 
 adapters: every client's ε is then its own ledger's (per-example DP-SGD on data that never leaves it), and
 nothing has to average LoRA factors that were initialised and trained apart. Each round has two phases:
 
-1. `teach` (clients): each client DP-fine-tunes its teacher once (`privacy.generator_model`, LoRA, Opacus
-   DP-SGD to privacy.target_epsilon; later rounds sample the same DP model at no further ε), samples text
+1. `teach` (clients): each client DP-fine-tunes its teacher once (LoRA on `teacher_model`, by default
+   Qwen2.5-0.5B, larger than the SmolLM2 students as the paper's teacher is; `privacy.generator_model` when set;
+   Opacus DP-SGD to privacy.target_epsilon; later rounds sample the same DP model at no further ε), samples text
    from it, and has the teacher read each sample: top-k next-token distributions and last-layer hidden
-   states, carried into the student's tokenisation in the client (`estuary.actors.distildp`). Only these
+   states, carried into the student's tokenisation in the client (`estuary.client.distildp`). Only these
    leave the client, with the ledger's release entry.
 2. server: the samples are pooled across clients (post-processing), recorded in knowledge/synthetic.jsonl
    and put once in the object store.
 3. `distil` (clients): each student (the client's SLM adapter) trains on the pooled synthetic text only,
-   (1-λ)·CE + λ·KL + β·hidden MSE, and is evaluated (perplexity on real held-out text). With
-   `hard_label_baseline`, a twin trained on the same text from the same start with λ = β = 0 is evaluated
-   too (hard_labels/*), so both students see the same teacher and samples.
+   (1-λ)·CE + λ·KL (+ β·hidden MSE, off by default as in the published commands; the KL summed per sequence
+   as the reference code's, or with `kd_reduction: token_mean` a token mean), and is evaluated (perplexity on
+   real held-out text). With `hard_label_baseline`, a twin trained on the same text from the same start with
+   λ = β = 0 is evaluated too (hard_labels/*), so both students see the same teacher and samples.
 
 Baselines for the paper's claim: `dp_standalone` (the student DP-trained on the private text, same ε) in the
 same run, and a non-private teacher (`privacy.target_epsilon: null`) in a linked run (bench/distildp_ppl.py).
@@ -27,19 +29,18 @@ import random
 import statistics
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.egress import Egress
 from estuary.errors import ConfigError, RoundFailed
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
-from estuary.privacy.strategies import privacy_metrics
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.distildp_config import DistilDPConfig
+from estuary.strategies.dp_baselines import privacy_metrics
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
-    from estuary.actors.distildp import TeacherTarget
-    from estuary.platform.config import ExperimentConfig
+    from estuary.client.context import ClientContext
+    from estuary.config import ExperimentConfig
     from estuary.platform.run_context import ServerContext
+    from estuary.strategies.distildp_client import TeacherTarget
 
 
 @register
@@ -55,6 +56,13 @@ class DistilDP(Strategy):
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)
         self._pool: Any = None  # this round's pooled targets (an object-store reference under Ray)
+
+    @classmethod
+    def generator_model(cls, cfg: ExperimentConfig) -> str | None:
+        """The DP teacher's model: privacy.generator_model when set, else `teacher_model` (None: the SLM)."""
+        from estuary.registry import params_for
+
+        return cfg.privacy.generator_model or params_for(cls, cfg.params_of(cls.name)).teacher_model
 
     @classmethod
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
@@ -74,10 +82,10 @@ class DistilDP(Strategy):
         return self._distil(ctx, task)
 
     def _teach(self, ctx: ClientContext, task: ClientTask) -> Egress:
-        from estuary.actors.distildp import client_teacher_targets
+        from estuary.strategies.distildp_client import client_teacher_targets
 
         p: DistilDPConfig = self.params
-        res = ctx.dp_synthesize(task.round, p.generator)
+        res = ctx.dp_synthesize(task.round, p.generator, generator_model=self.generator_model(self.exp))
         metrics = {**privacy_metrics(res.epsilon, res.refused), "synthetic/refused": float(res.refused)}
         metrics.update({f"synthetic/{k}": float(v) for k, v in res.stats.items()})
         if res.training is not None:
@@ -104,6 +112,8 @@ class DistilDP(Strategy):
         return {"targets": targets, "refused": refused, "unparsed": unparsed}
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
+        from estuary.runtime import share
+
         p: DistilDPConfig = self.params
         targets: list[TeacherTarget] = agg["targets"]
         if p.max_synthetic is not None and len(targets) > p.max_synthetic:
@@ -117,7 +127,7 @@ class DistilDP(Strategy):
             for t in targets] + [
             {"uid": row["uid"], "client": _client_of(row["uid"]), "round": rnd, "strategy": self.name,
              "parsed": False, "text": row["text"]} for row in unparsed])
-        self._pool = _share(targets) if targets else None
+        self._pool = share(targets) if targets else None  # one copy in the object store for every student
         if not targets and unparsed and not agg["refused"]:
             raise RoundFailed(
                 f"distildp round {rnd}: none of the {len(unparsed)} synthetic samples the DP teachers wrote parse as "
@@ -137,11 +147,12 @@ class DistilDP(Strategy):
                 for cid in sorted(outcome.results)]
 
     def _distil(self, ctx: ClientContext, task: ClientTask) -> Egress:
-        from estuary.actors import slm
-        from estuary.actors.distildp import HARD_KEY, student_distill
+        from estuary.lm.model import adapter_state, load_adapter_state
+        from estuary.runtime import resolve
+        from estuary.strategies.distildp_client import HARD_KEY, student_distill
 
         p: DistilDPConfig = self.params
-        pool = _resolve(task.params.get("pool"))
+        pool = resolve(task.params.get("pool"))
         metrics: dict[str, float] = {"distil/samples": float(len(pool or []))}
         if not pool:
             if task.evaluate:
@@ -150,21 +161,22 @@ class DistilDP(Strategy):
         steps = self.exp.training.steps if p.steps is None else p.steps
         keep = self.exp.training.keep_optimizer_state
         if p.hard_label_baseline:  # the twin: same samples, same start, hard labels only
-            own = slm.adapter_state(ctx.model)
+            own = adapter_state(ctx.model)
             twin = ctx.state.extra.get(HARD_KEY) or {"adapter": own, "optimizer": None}
-            slm.load_adapter_state(ctx.model, twin["adapter"])
+            load_adapter_state(ctx.model, twin["adapter"])
             hard = student_distill(ctx, task.round, pool, steps=steps, distill_weight=0.0, hidden_weight=0.0,
                                    temperature=p.temperature, tail_bucket=p.tail_bucket,
                                    optimizer_state=twin["optimizer"] if keep else None, purpose="distildp-hard")
             metrics["hard_labels/train/loss"] = statistics.fmean(hard.losses) if hard.losses else 0.0
             if task.evaluate:
                 metrics.update({f"hard_labels/{k}": v for k, v in ctx.evaluate(task).items()})
-            ctx.state.extra[HARD_KEY] = {"adapter": slm.adapter_state(ctx.model),
+            ctx.state.extra[HARD_KEY] = {"adapter": adapter_state(ctx.model),
                                          "optimizer": hard.optimizer_state if keep else None}
-            slm.load_adapter_state(ctx.model, own)
+            load_adapter_state(ctx.model, own)
         res = student_distill(ctx, task.round, pool, steps=steps, distill_weight=p.distill_weight,
                               hidden_weight=p.hidden_weight, temperature=p.temperature, tail_bucket=p.tail_bucket,
-                              optimizer_state=ctx.state.optimizer if keep else None, purpose="distildp")
+                              optimizer_state=ctx.state.optimizer if keep else None, purpose="distildp",
+                              kd_reduction=p.kd_reduction)
         ctx.state.optimizer = res.optimizer_state if keep else None
         ctx.state.steps_trained += steps
         ctx.state.rounds_trained += 1
@@ -182,16 +194,3 @@ def _client_of(uid: str | None) -> str | None:
     """The client in a synthetic sample's uid (synthetic/<client>/r<round>/...)."""
     parts = (uid or "").split("/")
     return parts[1] if len(parts) > 1 else None
-
-
-def _share(targets: list[Any]) -> Any:
-    """One copy of the pool for every student task: in the object store under Ray, else the list itself."""
-    import ray
-
-    return ray.put(targets) if ray.is_initialized() else targets
-
-
-def _resolve(pool: Any) -> list[Any] | None:
-    import ray
-
-    return ray.get(pool) if isinstance(pool, ray.ObjectRef) else pool

@@ -5,11 +5,13 @@ Each round has two client phases around the server step:
 1. `synthesize` (clients): each client DP-fine-tunes a generator adapter on its private data (once; later
    rounds sample the same DP model, which costs no further ε) and samples labelled synthetic examples.
    Only these leave the client, on the Egress with their ledger "release" entry.
-2. server: the synthetic samples are filtered (validity, duplicates, k-means clusters per label judged by
-   the LLM); the kept ones become few-shot demonstrations of augmentation prompts the served LLM completes
-   many times; the augmented samples are filtered the same way.
+2. server: the synthetic samples are filtered (validity, duplicates, k-means clusters over all labels; the
+   LLM sees each cluster's samples with their labels and keeps or drops each one); the kept ones become
+   demonstrations of augmentation prompts that show every label, and the served LLM writes and labels new
+   samples; those under 10 words are dropped (`docs/methods.md`: the reference procedure step by step,
+   and each option that departs from it).
 3. `train` (clients): each client fine-tunes its SLM (LoRA) on its private data plus the augmented data
-   (and the kept synthetic samples), then is evaluated.
+   (with `send_raw_synthetic`, also the kept synthetic samples), then is evaluated.
 
 Everything the clients sent and the server kept is in the run folder: knowledge/synthetic.jsonl,
 knowledge/augmented.jsonl, knowledge/clusters.jsonl.
@@ -20,18 +22,17 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.context import derive_seed
-from estuary.actors.egress import Egress
+from estuary.client.context import derive_seed
 from estuary.data.task import Example
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
-from estuary.privacy.strategies import privacy_metrics
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
+from estuary.strategies.dp_baselines import privacy_metrics
 from estuary.strategies.fdkt_config import FDKTConfig
 from estuary.strategies.transfer import train_on_transfer
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
     from estuary.knowledge.embedding import TextEmbedder
     from estuary.platform.run_context import ServerContext
 
@@ -85,7 +86,7 @@ class FDKT(Strategy):
         return self._embedder.embed(texts)
 
     def server_step(self, rnd: int, agg: dict[str, Any], server: ServerContext) -> dict[str, float]:
-        from estuary.knowledge import augment, filter_examples, llm_judge
+        from estuary.knowledge import augment, augment_all_labels, filter_examples
 
         p: FDKTConfig = self.params
         task = server.task
@@ -98,30 +99,54 @@ class FDKT(Strategy):
             self._transfer = []
             return metrics
         llm = server.llm
-        judge = llm_judge(llm, task, adapter=p.server_adapter, mode=p.filter.judge_mode,
-                          agreement=p.filter.judge_agreement, tolerance=p.filter.judge_tolerance)
-        first = filter_examples(synthetic, task, p.filter, embed=self._embed, judge=judge, seed=seed)
+        judges = self._judges(llm, task)
+        first = filter_examples(synthetic, task, p.filter, embed=self._embed, seed=seed, **judges)
         kept_ids = {ex.uid for ex in first.kept}
         server.record("synthetic", [example_row(ex, strategy=self.name, round=rnd, client=ex.uid.split("/")[1],
                                                 kept=ex.uid in kept_ids) for ex in synthetic])
-        augmented, gen_stats = augment(llm, task, first.kept, p.augment, seed=seed, adapter=p.server_adapter)
-        if p.filter_augmented:
-            second = filter_examples(augmented, task, p.filter, embed=self._embed, judge=judge,
-                                     reference=[ex.text for ex in first.kept], seed=seed + 1)
+        if p.augment_prompt == "all_labels":
+            augmented, gen_stats = augment_all_labels(llm, task, first.kept, p.augment, seed=seed,
+                                                      adapter=p.server_adapter)
         else:
-            second = filter_examples(augmented, task, dataclasses.replace(p.filter, judge=False, near_duplicate=1.0),
-                                     embed=self._embed, seed=seed + 1)
+            augmented, gen_stats = augment(llm, task, first.kept, p.augment, seed=seed, adapter=p.server_adapter)
+        second = self._filter_augmented(augmented, first.kept, task, judges, seed + 1)
         server.record("augmented", [example_row(ex, strategy=self.name, round=rnd) for ex in second.kept])
         server.record("clusters", [{**c, "strategy": self.name, "round": rnd, "stage": stage}
                                    for stage, res in (("synthetic", first), ("augmented", second))
                                    for c in res.clusters])
         transfer = second.kept[: p.max_augmented] if p.max_augmented is not None else second.kept
-        self._transfer = [*first.kept, *transfer] if p.include_synthetic else transfer
+        self._transfer = [*first.kept, *transfer] if p.send_raw_synthetic else transfer
         metrics.update({f"filter/synthetic/{k}": float(v) for k, v in first.stats.items()})
         metrics.update({f"augment/{k}": float(v) for k, v in gen_stats.items()})
         metrics.update({f"filter/augmented/{k}": float(v) for k, v in second.stats.items()})
         metrics["transfer/examples"] = float(len(self._transfer))
         return metrics
+
+    def _judges(self, llm: Any, task: Any) -> dict[str, Any]:
+        """The LLM judge of `filter.judge_scope`, as `filter_examples`' keyword (`sample_judge` or `judge`)."""
+        from estuary.knowledge import llm_judge, llm_sample_judge
+
+        f = self.params.filter
+        adapter = self.params.server_adapter
+        if f.judge_scope == "per_sample":
+            return {"sample_judge": llm_sample_judge(llm, task, adapter=adapter, mode=f.judge_mode,
+                                                     tolerance=f.judge_tolerance, max_tokens=f.judge_max_tokens)}
+        return {"judge": llm_judge(llm, task, adapter=adapter, mode=f.judge_mode, agreement=f.judge_agreement,
+                                   tolerance=f.judge_tolerance)}
+
+    def _filter_augmented(self, augmented: list[Example], demos: list[Example], task: Any,
+                          judges: dict[str, Any], seed: int) -> Any:
+        """`filter_augmented`: length (the reference's word-count filter), clean or full (see FDKTConfig)."""
+        from estuary.knowledge import filter_examples, length_filter
+
+        p: FDKTConfig = self.params
+        if p.filter_augmented == "length":
+            return length_filter(augmented, p.augmented_min_words)
+        if p.filter_augmented == "full":
+            return filter_examples(augmented, task, p.filter, embed=self._embed,
+                                   reference=[ex.text for ex in demos], seed=seed, **judges)
+        return filter_examples(augmented, task, dataclasses.replace(p.filter, judge=False, near_duplicate=1.0),
+                               embed=self._embed, seed=seed)
 
     # ------------------------------------------------------------------ phase 3: client training
     def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:

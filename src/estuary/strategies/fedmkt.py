@@ -9,15 +9,21 @@ from it), each example as its full text, prompt + label word. Per round:
   per-token log-probabilities; a `TopKLogprobs` payload). The payload is checked on arrival: a client whose
   knowledge is malformed (NaN/inf, empty rows, wrong lengths, ids outside its vocabulary) is named in the
   log, counted (`server/knowledge/rejected`) and left out; the round goes on.
-- server: the LLM's top-k on the same texts comes from the deployment (current adapter version). Each
+- server: the LLM's top-k on the same texts comes from the deployment (its live adapter version). Each
   client's knowledge is aligned to the LLM (token boundaries matched by character edit distance, MinED
-  vocabulary mapping cached per tokenizer pair) and the LLM's to each client. Per sample the LLM's target
-  is the best teacher (reward exp(-CE), "greater"; the CE each model has on the text's ground truth in its
-  own tokenisation, `selection_metric: own`, the label word with `lm_loss: completion`)
-  among itself and the aligned clients; its adapter, continued from its last version, is distilled on them
-  ((1-λ)·LM + λ·KD, Ray Train + DeepSpeed) and published. Each client's target is the better of itself and
-  the aligned LLM.
-- phase 2 `distill` (clients): each client trains on the public texts towards its targets, then is evaluated.
+  vocabulary mapping cached per tokenizer pair). Per sample the LLM's target is the best teacher (reward
+  exp(-CE), "greater"; the CE each model has on the text's ground truth in its own tokenisation,
+  `selection_metric: own`, the label word with `lm_loss: completion`) among itself and the aligned clients;
+  its adapter, continued from its last version, is distilled on them ((1-λ)·LM + λ·KD, Ray Train +
+  DeepSpeed, `public_epochs` passes over the public set) and published. Then, as the reference code does at
+  the end of its epoch, the LLM's top-k is recomputed with the version just published (`slm_targets:
+  after_update`; `previous_round` keeps the distributions the update started from), aligned to each client,
+  and each client's target is the better of itself and the aligned LLM. The recomputed top-k is also the
+  LLM's own candidate in the next round (cached while the version is live).
+- phase 2 `distill` (clients): each client trains on the public texts towards its targets (`public_epochs`
+  passes), then is evaluated.
+
+Both sides use k = min(top_k, server.max_logprobs).
 
 Round metrics report the alignment per tokenizer pair (`server/align/<client model>/...`: vocabulary exact
 share both ways, sequence coverage both ways) and the selections. knowledge/fedmkt.jsonl records what
@@ -34,11 +40,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from estuary.actors.egress import Egress
 from estuary.data.task import Example
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
-from estuary.platform.strategy import RoundOutcome, Strategy
+from estuary.lm.seeding import epoch_steps
+from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.fedmkt_config import FedMKTConfig
 from estuary.strategies.fedmkt_knowledge import (
     LLM,
@@ -46,13 +51,14 @@ from estuary.strategies.fedmkt_knowledge import (
     KnowledgeRejected,
     TokenizerBank,
     check_client_knowledge,
-    mutual_exchange,
+    client_side,
+    llm_side,
 )
 from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
+from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
-    from estuary.platform.config import ExperimentConfig
+    from estuary.client.context import ClientContext
     from estuary.platform.run_context import ServerContext
     from estuary.serve.types import TopKLogprobs
 
@@ -73,19 +79,12 @@ class FedMKT(Strategy):
         self.version: str | None = None  # the live FedMKT adapter of the server LLM (None: base model)
         self._public: list[Example] | None = None
         self._targets: dict[str, list[Any]] = {}  # this round's phase-2 targets per client
-        self._bank = TokenizerBank()
+        self._llm_topk: tuple[str | None, TopKLogprobs] | None = None  # (adapter version, the LLM's top-k)
+        self.vocab = TokenizerBank()  # the models' token texts, tokenizers and MinED mappings (loaded once)
 
-    @classmethod
-    def check_job(cls, cfg: ExperimentConfig, source: str) -> None:
-        super().check_job(cfg, source)
-        from estuary.errors import ConfigError
-        from estuary.platform.registry import params_for
-
-        k = params_for(cls, cfg.params_of(cls.name), source).top_k
-        if k > cfg.server.max_logprobs:
-            raise ConfigError(f"{source}: method_params.top_k {k} exceeds server.max_logprobs "
-                              f"{cfg.server.max_logprobs}, the most the LLM's deployment returns — set "
-                              f"server.max_logprobs: {k} or lower top_k")
+    def top_k(self) -> int:
+        """The k every model sends: top_k, clamped to what the LLM's deployment returns (server.max_logprobs)."""
+        return min(self.params.top_k, self.exp.server_config().max_logprobs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version}
@@ -113,20 +112,21 @@ class FedMKT(Strategy):
                 for cid in clients]
 
     def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
-        from estuary.actors.distill import client_distill, client_topk
+        from estuary.client.knowledge_transfer import client_distill, client_topk
 
         p: FedMKTConfig = self.params
         public: list[Example] = task.params["public"]
         if task.kind == "train_topk":
             result = ctx.train_steps(task.round, steps=p.local_steps)
-            payload = client_topk(ctx, public, p.top_k)
+            payload = client_topk(ctx, public, self.top_k())
             metrics = {"train/loss": statistics.fmean(result.losses)} if result.losses else {}
             metrics["knowledge/texts"] = float(len(payload["texts"]))
             metrics["knowledge/positions"] = float(sum(len(t["token_ids"]) for t in payload["texts"]))
             return ctx.egress(task, metrics=metrics, losses=result.losses, examples=result.examples_seen,
                               payload={"topk": payload})
         targets = task.params.get("targets")
-        steps = self.exp.training.steps if p.distill_steps is None else p.distill_steps
+        batch = self.exp.training.batch_size
+        steps = epoch_steps(len(public), batch, p.public_epochs) if p.distill_steps is None else p.distill_steps
         res = client_distill(ctx, task.round, public, targets, steps=steps, distill_weight=p.distill_weight,
                              temperature=p.temperature, tail_bucket=p.tail_bucket,
                              lm_loss=p.lm_loss) if targets else None
@@ -149,7 +149,7 @@ class FedMKT(Strategy):
             try:
                 accepted[cid] = (spec, check_client_knowledge(
                     cid, outcome.results[cid].payload.get("topk"), texts=len(self.public()),
-                    vocab_size=len(self._bank.texts(spec))))
+                    vocab_size=len(self.vocab.texts(spec))))
             except KnowledgeRejected as exc:
                 rejected[cid] = str(exc)
         return {"accepted": accepted, "rejected": rejected}
@@ -164,39 +164,62 @@ class FedMKT(Strategy):
                                      "knowledge/rejected": float(len(rejected))}
         if rnd == 1 and p.llm_eval_size:
             metrics.update({f"llm_start/{k}": v for k, v in self._evaluate_llm(server, None).items()})
+        if self.top_k() < p.top_k and self._llm_topk is None:
+            server.log(f"[yellow]fedmkt: top_k {p.top_k} clamped to server.max_logprobs {self.top_k()} (set "
+                       f"server.max_logprobs: {p.top_k} for the published k)[/yellow]")
+        metrics["knowledge/k"] = float(self.top_k())
         texts = [server.task.prompt(ex) + server.task.completion(ex) for ex in self.public()]
         llm_spec = self.exp.server_config().model
-        llm_topk = server.llm.topk_logprobs(texts, k=p.top_k, adapter=self.version)
+        args = (self.vocab, p.selection, p.selection_metric,
+                self._completion_ids(server, {llm_spec, *(spec for spec, _ in accepted.values())}))
+        llm_topk = self._llm_knowledge(server, texts)
         t0 = time.perf_counter()
-        ex = mutual_exchange(llm_spec, llm_topk, accepted, self._bank, p.selection, p.selection_metric,
-                             self._completion_ids(server, {llm_spec, *(spec for spec, _ in accepted.values())}))
-        metrics["align/seconds"] = time.perf_counter() - t0
-        metrics.update(_exchange_metrics(ex, len(texts)))
-        self._targets = {cid: c.targets for cid, c in ex.clients.items()}
-        server.record("fedmkt", _knowledge_rows(rnd, ex, accepted, rejected, llm_topk, self._client_spec))
+        ex = llm_side(llm_spec, llm_topk, accepted, *args)
+        align_s = time.perf_counter() - t0
         if p.train_llm and accepted:
             self.version, train_metrics = self._train_llm(rnd, server, ex.records)
             metrics.update({f"llm_train/{k}": v for k, v in train_metrics.items()})
         elif p.train_llm:
             server.log(f"[yellow]fedmkt round {rnd}: no client knowledge accepted; the LLM is not trained[/yellow]")
+        slm_topk = self._llm_knowledge(server, texts) if p.slm_targets == "after_update" else llm_topk
+        t0 = time.perf_counter()
+        client_side(llm_spec, slm_topk, accepted, *args, into=ex)
+        metrics["align/seconds"] = align_s + time.perf_counter() - t0
+        metrics.update(_exchange_metrics(ex, len(texts)))
+        self._targets = {cid: c.targets for cid, c in ex.clients.items()}
+        server.record("fedmkt", _knowledge_rows(rnd, ex, accepted, rejected, llm_topk, self._client_spec,
+                                                slm_topk.adapter))
         metrics["llm/adapter_version"] = float(version_number(self.version))
+        metrics["llm/slm_targets_version"] = float(version_number(slm_topk.adapter))
         metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
         return metrics
+
+    def _llm_knowledge(self, server: ServerContext, texts: list[str]) -> TopKLogprobs:
+        """The LLM's top-k on the public texts with its live adapter version (kept while that version is live:
+        the top-k the SLMs distilled from after an update is the LLM's own candidate in the next round)."""
+        if self._llm_topk is None or self._llm_topk[0] != self.version:
+            self._llm_topk = (self.version, server.llm.topk_logprobs(texts, k=self.top_k(), adapter=self.version))
+        return self._llm_topk[1]
 
     def _completion_ids(self, server: ServerContext, specs: set[str]) -> dict[str, list[list[int]]] | None:
         """Each model's tokens of each public completion, when the completion is the ground truth."""
         if self.params.lm_loss != "completion":
             return None
         words = [server.task.completion(ex) for ex in self.public()]
-        return {spec: [self._bank.tokenizer(spec)(w, add_special_tokens=False)["input_ids"] for w in words]
+        return {spec: [self.vocab.tokenizer(spec)(w, add_special_tokens=False)["input_ids"] for w in words]
                 for spec in specs}
 
     def _train_llm(self, rnd: int, server: ServerContext,
                    records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
         """Distil the served LLM's adapter (from its last version, with llm_continue) on this round's records
         (Ray Train + DeepSpeed) and publish it as the next version."""
+        from estuary.train import TrainConfig
+
         p: FedMKTConfig = self.params
         config = {"model": self.exp.server_config().model, "seed": self.exp.seed + rnd, **p.llm_train}
+        if "steps" not in p.llm_train:  # public_epochs passes over the public set at the global batch
+            config["steps"] = epoch_steps(len(records), TrainConfig.load(config, "method_params.llm_train")
+                                          .global_batch_size, p.public_epochs)
         config["objective"] = {"distill_weight": p.distill_weight, "temperature": p.temperature,
                                "tail_bucket": p.tail_bucket, **p.llm_train.get("objective", {})}
         return train_server_adapter(self, rnd, server, records, config, what="distilled",
@@ -232,8 +255,9 @@ def _exchange_metrics(ex: Exchange, samples: int) -> dict[str, float]:
 
 
 def _knowledge_rows(rnd: int, ex: Exchange, accepted: dict[str, Any], rejected: dict[str, str],
-                    llm_topk: TopKLogprobs, spec_of: Any) -> list[dict[str, Any]]:
-    """What crossed the wire this round, one row per client and one for the LLM (counts, not logprobs)."""
+                    llm_topk: TopKLogprobs, spec_of: Any, targets_adapter: str | None) -> list[dict[str, Any]]:
+    """What crossed the wire this round, one row per client and one for the LLM (counts, not logprobs): the
+    LLM's row names the adapter its own candidate came from and the one the clients' targets came from."""
     base = {"strategy": "fedmkt", "round": rnd}
     rows = []
     for cid in sorted({*accepted, *rejected}):
@@ -249,6 +273,7 @@ def _knowledge_rows(rnd: int, ex: Exchange, accepted: dict[str, Any], rejected: 
                      "seq_coverage_from_llm": round(statistics.fmean(c.coverage_from_llm), 4),
                      "took_llm": c.took_llm, "chosen_by_llm": c.chosen_by_llm})
     rows.append({**base, "client": "server", "model": llm_topk.model, "adapter": llm_topk.adapter,
-                 "texts": len(llm_topk.texts), "positions": sum(len(t.token_ids) for t in llm_topk.texts),
-                 "k": llm_topk.k, "records": len(ex.records), "chose": dict(ex.llm_choices)})
+                 "targets_adapter": targets_adapter, "texts": len(llm_topk.texts),
+                 "positions": sum(len(t.token_ids) for t in llm_topk.texts), "k": llm_topk.k,
+                 "records": len(ex.records), "chose": dict(ex.llm_choices)})
     return rows

@@ -213,50 +213,85 @@ class Exchange:
     llm_choices: Counter[str]  # winning teacher of the LLM's samples (LLM = itself)
 
 
+def _own_ce_of(item: TextTopK, spec: str, sample: int,
+               completion_ids: Mapping[str, Sequence[Sequence[int]]] | None) -> float:
+    return _own_ce(item, completion_start(item.token_ids, completion_ids[spec][sample] if completion_ids else None))
+
+
+def _new_exchange(llm_spec: str, clients: Mapping[str, tuple[str, TopKLogprobs]],
+                  vocab: Vocabularies) -> Exchange:
+    """An empty exchange with each client's vocabulary shares filled in."""
+    out = {cid: ClientExchange(spec) for cid, (spec, _) in clients.items()}
+    for cid, (spec, _) in clients.items():
+        out[cid].vocab_exact_to_llm = vocab.mapping(spec, llm_spec).exact_share
+        out[cid].vocab_exact_from_llm = vocab.mapping(llm_spec, spec).exact_share
+    return Exchange([], out, Counter())
+
+
+def llm_side(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tuple[str, TopKLogprobs]],
+             vocab: Vocabularies, rule: Rule = "greater", metric: Metric = "own",
+             completion_ids: Mapping[str, Sequence[Sequence[int]]] | None = None) -> Exchange:
+    """The LLM's half of the exchange: every client's knowledge aligned to the LLM, and per sample the LLM's
+    target among itself (`llm`) and the aligned clients, as distillation records. The clients' targets are left
+    empty (`client_side` fills them). See `mutual_exchange` for the CE and `completion_ids`."""
+    ex = _new_exchange(llm_spec, clients, vocab)
+    llm_texts = vocab.texts(llm_spec)
+    for s, item in enumerate(llm.texts):
+        l_texts = texts_of(item.token_ids, llm_texts)
+        candidates: dict[str, Rows] = {LLM: rows_of(item)}
+        l_start = completion_start(item.token_ids, completion_ids[llm_spec][s] if completion_ids else None)
+        own = {LLM: _own_ce(item, l_start)} if metric == "own" else None
+        for cid, (spec, payload) in clients.items():
+            c_item = payload.texts[s]
+            c_texts = texts_of(c_item.token_ids, vocab.texts(spec))
+            candidates[cid], cov = align_rows(c_texts, rows_of(c_item), l_texts, vocab.mapping(spec, llm_spec).ids)
+            ex.clients[cid].coverage_to_llm.append(cov)
+            if own is not None:
+                own[cid] = _own_ce_of(c_item, spec, s, completion_ids)
+        target, best, _ = choose_teacher(candidates, item.token_ids, len(llm_texts), rule, own)
+        ex.records.append(distill_record(item.token_ids, target, l_start))
+        ex.llm_choices[best] += 1
+        if best in ex.clients:
+            ex.clients[best].chosen_by_llm += 1
+    return ex
+
+
+def client_side(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tuple[str, TopKLogprobs]],
+                vocab: Vocabularies, rule: Rule = "greater", metric: Metric = "own",
+                completion_ids: Mapping[str, Sequence[Sequence[int]]] | None = None,
+                into: Exchange | None = None) -> Exchange:
+    """The clients' half: the LLM's knowledge `llm` aligned to every client, and per sample each client's target,
+    the better of itself and the aligned LLM (filled into `into`, else a new exchange without records). `llm`
+    may be another version of the LLM than the one `llm_side` saw: FedMKT's reference code recomputes the
+    LLM's distributions after its update, and the clients distil from those."""
+    ex = into if into is not None else _new_exchange(llm_spec, clients, vocab)
+    llm_texts = vocab.texts(llm_spec)
+    for s, item in enumerate(llm.texts):
+        l_texts, l_rows = texts_of(item.token_ids, llm_texts), rows_of(item)
+        l_ce = _own_ce_of(item, llm_spec, s, completion_ids) if metric == "own" else None
+        for cid, (spec, payload) in clients.items():
+            c_item, c = payload.texts[s], ex.clients[cid]
+            c_texts = texts_of(c_item.token_ids, vocab.texts(spec))
+            from_llm, cov_back = align_rows(l_texts, l_rows, c_texts, vocab.mapping(llm_spec, spec).ids)
+            pair = None if l_ce is None else {SELF: _own_ce_of(c_item, spec, s, completion_ids), LLM: l_ce}
+            target, best, _ = choose_teacher({SELF: rows_of(c_item), LLM: from_llm}, c_item.token_ids,
+                                             len(vocab.texts(spec)), rule, pair)
+            c.targets.append(target)
+            c.took_llm += best == LLM
+            c.coverage_from_llm.append(cov_back)
+            c.positions += len(c_item.token_ids)
+    return ex
+
+
 def mutual_exchange(llm_spec: str, llm: TopKLogprobs, clients: Mapping[str, tuple[str, TopKLogprobs]],
                     vocab: Vocabularies, rule: Rule = "greater", metric: Metric = "own",
                     completion_ids: Mapping[str, Sequence[Sequence[int]]] | None = None) -> Exchange:
     """Align every client's knowledge to the LLM and the LLM's to every client, and choose per sample: the
-    LLM's target among itself and the aligned clients, each client's among itself and the aligned LLM. A
+    LLM's target among itself and the aligned clients, each client's among itself and the aligned LLM
+    (`llm_side` then `client_side`, both from the same `llm`). A
     teacher's CE is its own on the text's ground truth (metric "own", FuseLLM/FedMKT's) or its aligned rows'
     ("aligned"). `completion_ids` (model spec -> each public text's completion tokens) makes the completion the
     ground truth, as FedMKT's reference code does by masking the prompt: the own CE and the LLM records' LM
     term count only the completion's tokens. Without it every token counts."""
-    llm_texts = vocab.texts(llm_spec)
-    out = {cid: ClientExchange(spec) for cid, (spec, _) in clients.items()}
-    maps: dict[str, tuple[VocabMapping, VocabMapping]] = {}
-    for cid, (spec, _) in clients.items():
-        if spec not in maps:
-            maps[spec] = (vocab.mapping(spec, llm_spec), vocab.mapping(llm_spec, spec))
-        out[cid].vocab_exact_to_llm, out[cid].vocab_exact_from_llm = (m.exact_share for m in maps[spec])
-    records: list[dict[str, Any]] = []
-    choices: Counter[str] = Counter()
-    for s, item in enumerate(llm.texts):
-        l_texts, l_rows = texts_of(item.token_ids, llm_texts), rows_of(item)
-        candidates: dict[str, Rows] = {LLM: l_rows}
-        l_start = completion_start(item.token_ids, completion_ids[llm_spec][s] if completion_ids else None)
-        own = {LLM: _own_ce(item, l_start)} if metric == "own" else None
-        for cid, (spec, payload) in clients.items():
-            c_item, ex = payload.texts[s], out[cid]
-            c_texts, c_rows = texts_of(c_item.token_ids, vocab.texts(spec)), rows_of(c_item)
-            to_llm, cov = align_rows(c_texts, c_rows, l_texts, maps[spec][0].ids)
-            from_llm, cov_back = align_rows(l_texts, l_rows, c_texts, maps[spec][1].ids)
-            candidates[cid] = to_llm
-            pair = None
-            if own is not None:
-                own[cid] = _own_ce(c_item, completion_start(c_item.token_ids,
-                                                            completion_ids[spec][s] if completion_ids else None))
-                pair = {SELF: own[cid], LLM: own[LLM]}
-            target, best, _ = choose_teacher({SELF: c_rows, LLM: from_llm}, c_item.token_ids,
-                                             len(vocab.texts(spec)), rule, pair)
-            ex.targets.append(target)
-            ex.took_llm += best == LLM
-            ex.coverage_to_llm.append(cov)
-            ex.coverage_from_llm.append(cov_back)
-            ex.positions += len(c_item.token_ids)
-        target, best, _ = choose_teacher(candidates, item.token_ids, len(llm_texts), rule, own)
-        records.append(distill_record(item.token_ids, target, l_start))
-        choices[best] += 1
-        if best in out:
-            out[best].chosen_by_llm += 1
-    return Exchange(records, out, choices)
+    ex = llm_side(llm_spec, llm, clients, vocab, rule, metric, completion_ids)
+    return client_side(llm_spec, llm, clients, vocab, rule, metric, completion_ids, into=ex)

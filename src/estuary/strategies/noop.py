@@ -9,14 +9,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from estuary.actors.egress import Egress
-from estuary.platform.plan import ClientTask
-from estuary.platform.registry import register
 from estuary.platform.strategy import Strategy
+from estuary.registry import register
 from estuary.strategies.noop_config import NoopConfig
+from estuary.wire import ClientTask, Egress
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
+    from estuary.client.context import ClientContext
 
 
 @register

@@ -57,7 +57,7 @@ def evaluate_served_llm(server: ServerContext, version: str | None, n: int, *, c
 def method_llm_eval_size(exp: Any) -> int | None:
     """How many test examples the run's method evaluates its served LLM on (its config's `llm_eval_size`, the
     default applied when the job leaves it out); None when the method does not evaluate a served LLM."""
-    from estuary.platform.registry import build_params
+    from estuary.registry import build_params
 
     size = getattr(build_params(exp.method, dict(exp.method_params or {})), "llm_eval_size", None)
     return int(size) if size else None

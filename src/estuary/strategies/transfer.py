@@ -5,12 +5,12 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING
 
-from estuary.actors.egress import Egress
 from estuary.data.task import Example
+from estuary.wire import Egress
 
 if TYPE_CHECKING:
-    from estuary.actors.context import ClientContext
-    from estuary.platform.plan import ClientTask
+    from estuary.client.context import ClientContext
+    from estuary.wire import ClientTask
 
 
 def train_on_transfer(ctx: ClientContext, task: ClientTask, steps: int | None) -> Egress:

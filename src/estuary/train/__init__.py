@@ -9,10 +9,11 @@
 - `knowledge.py`: the records (SFT examples, top-k distributions), as a Ray Dataset, and batches of them.
 """
 
-from estuary.train.checkpoint import TrainerState
-from estuary.train.objective import IGNORE, LossParts, mix_losses, objective, sft_loss, topk_kl_loss
+from estuary.lm.lora import LoraConfig
+from estuary.lm.objective import IGNORE, LossParts, mix_losses, objective, sft_loss, topk_kl_loss
+from estuary.train.ds_checkpoint import TrainerState
 from estuary.train.objective_config import ObjectiveConfig
-from estuary.train.train_config import LoraConfig, TrainConfig
+from estuary.train.train_config import TrainConfig
 from estuary.train.trainer import ServerTrainer, TrainOutcome, train_and_publish, train_server_adapter
 from estuary.train.zero_config import ZeroConfig
 

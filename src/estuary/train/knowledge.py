@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from estuary.errors import DataError
-from estuary.train.objective import IGNORE
+from estuary.lm.objective import IGNORE
 
 FIELDS = ("prompt", "completion", "text", "input_ids", "topk_ids", "topk_logprobs", "sft", "sft_from")
 _PROB_SLACK = 1e-3  # top-k probabilities may sum to a little over 1 (rounding in the clients' aggregation)

@@ -12,20 +12,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from estuary.errors import ConfigError
+from estuary.lm.lora import LoraConfig
+from estuary.resources import Resources, rename_old_keys
 from estuary.train.objective_config import ObjectiveConfig
 from estuary.train.zero_config import ZeroConfig
 
 
-class LoraConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class TrainResources(Resources):
+    """Ray resources of each Ray Train worker (`train.resources`)."""
 
-    r: int = Field(8, ge=1, description="LoRA rank (FedMKT: 8). Must not exceed the serving max_lora_rank.")
-    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input during training.")
-    targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
-        description="Module names that get adapters (Llama/Qwen attention projections by default).",
+    num_cpus: float = Field(1.0, gt=0, description="Ray CPUs each worker reserves; also its torch threads "
+                            "(at least 1).")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per worker: 0 = CPU workers (DeepSpeed CPU accelerator, gloo); 1 = one GPU "
+        "each (NCCL). A fraction lets workers share a GPU (gloo only: NCCL needs one GPU per rank)."
     )
+
+
+_OLD_KEYS = {"cpus_per_worker": "num_cpus", "gpus_per_worker": "num_gpus", "resources_per_worker": "custom"}
 
 
 class TrainConfig(BaseModel):
@@ -39,15 +43,9 @@ class TrainConfig(BaseModel):
     )
     # -- scaling (Ray Train ScalingConfig) -------------------------------------------------------------
     workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel DeepSpeed ranks).")
-    cpus_per_worker: float = Field(
-        1.0, gt=0, description="Ray CPUs each worker reserves; also its torch threads (at least 1)."
-    )
-    gpus_per_worker: float = Field(
-        0.0, ge=0, description="GPUs per worker: 0 = CPU workers (DeepSpeed CPU accelerator, gloo); 1 = one GPU "
-        "each (NCCL). A fraction lets workers share a GPU (gloo only: NCCL needs one GPU per rank)."
-    )
-    resources_per_worker: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per worker, e.g. {train_slot: 1}, to pin them."
+    resources: TrainResources = Field(
+        default_factory=TrainResources, description="Ray resources of each worker: num_cpus (default 1, also its "
+        "torch threads), num_gpus (0 = CPU workers, 1 = a GPU each), custom (e.g. {estuary_server: 1})."
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How the workers' bundles are placed on nodes (Ray placement group strategy)."
@@ -104,22 +102,26 @@ class TrainConfig(BaseModel):
         "attempt, so the FailureConfig recovery path can be watched; leave unset."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_resource_keys(cls, data: Any) -> Any:
+        """cpus_per_worker / gpus_per_worker / resources_per_worker: the old keys of `resources`."""
+        return rename_old_keys(data, "train", _OLD_KEYS)
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        on_gpu = self.gpus_per_worker > 0
-        if not on_gpu:
+        gpus = self.resources.num_gpus
+        if not self.on_gpu:
             if self.dtype == "float16":
-                raise ValueError("dtype float16 needs GPU workers (gpus_per_worker > 0); use bfloat16 or float32")
+                raise ValueError("dtype float16 needs GPU workers (resources.num_gpus > 0); use bfloat16 or float32")
             if self.zero.offloads:
-                raise ValueError("zero offload moves state out of GPU memory; CPU workers (gpus_per_worker=0) keep "
-                                 "it in CPU memory already: set zero.offload_optimizer/offload_param to none")
+                raise ValueError("zero offload moves state out of GPU memory; CPU workers (resources.num_gpus=0) "
+                                 "keep it in CPU memory already: set zero.offload_optimizer/offload_param to none")
             if self.backend == "nccl":
-                raise ValueError("backend nccl needs GPU workers (gpus_per_worker > 0); use gloo or auto")
-        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
-            raise ValueError(f"gpus_per_worker={self.gpus_per_worker}: use a fraction below 1 or whole GPUs")
-        if 0 < self.gpus_per_worker < 1 and self.workers > 1 and self.dist_backend == "nccl":
-            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} puts several ranks on one GPU, which NCCL "
-                             "refuses; use whole GPUs per worker or backend gloo")
+                raise ValueError("backend nccl needs GPU workers (resources.num_gpus > 0); use gloo or auto")
+        if 0 < gpus < 1 and self.workers > 1 and self.dist_backend == "nccl":
+            raise ValueError(f"resources.num_gpus={gpus} puts several ranks on one GPU, which NCCL refuses; use "
+                             "whole GPUs per worker or backend gloo")
         if self.fault_drill_step is not None and self.fault_drill_step > self.steps:
             raise ValueError(f"fault_drill_step={self.fault_drill_step} is after the last step ({self.steps})")
         from estuary.train.zero import deepspeed_config
@@ -130,7 +132,7 @@ class TrainConfig(BaseModel):
     # -- derived values ----------------------------------------------------------------------------------
     @property
     def on_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
+        return self.resources.on_gpu
 
     @property
     def dist_backend(self) -> str:
@@ -142,17 +144,6 @@ class TrainConfig(BaseModel):
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum * self.workers
 
-    @property
-    def torch_threads(self) -> int:
-        return max(1, int(self.cpus_per_worker))
-
-    def worker_resources(self) -> dict[str, float]:
-        """Ray resources of one worker."""
-        res: dict[str, float] = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
-        if self.on_gpu:
-            res["GPU"] = self.gpus_per_worker
-        return res
-
     @classmethod
     def load(cls, data: dict[str, Any] | TrainConfig, source: str = "train") -> TrainConfig:
         """Validate a dict (a job's `train:` section); any problem is one ConfigError line naming the field."""
@@ -161,7 +152,7 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            from estuary.platform.config import format_validation_error
+            from estuary.config.validation import format_validation_error
 
             first = err.errors()[0]
             if not first["loc"]:  # a whole-job rule (this model's own validator): no field to name

@@ -5,7 +5,7 @@
     version = llm.publish(outcome.adapter_dir, name="server")  # the next live version, 'server@vN'
 
 `fit` checks everything it can on the driver first (preflight: resources, model, LoRA targets,
-knowledge), then runs a `ray.train.torch.TorchTrainer` whose workers run `estuary.train.worker.train_loop`.
+knowledge), then runs a `ray.train.torch.TorchTrainer` whose workers run `estuary.train.per_worker.train_loop`.
 A job is named: running `fit` again with the same name and storage path continues that job from its last
 checkpoint (after a crash of the driver, or when a whole experiment resumes a round), and `resume_from`
 starts a new job from any earlier checkpoint. Worker failures inside a job are recovered by Ray Train
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from estuary.errors import ConfigError, EstuaryError
-from estuary.train import checkpoint
-from estuary.train.checkpoint import TrainerState
+from estuary.train import ds_checkpoint
+from estuary.train.ds_checkpoint import TrainerState
 from estuary.train.failures import one_line
 from estuary.train.train_config import TrainConfig
 
@@ -73,23 +73,25 @@ class ServerTrainer:
         import ray.train
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        from estuary.train import preflight
-        from estuary.train.worker import train_loop
+        from estuary.config import RayConfig
+        from estuary.runtime import ensure_ray
+        from estuary.train import checks
+        from estuary.train.per_worker import train_loop
 
         cfg = self.config
         name = name or _job_name()
-        preflight.ensure_ray()
-        preflight.check_cluster(cfg)  # cheapest first: a job that can never be placed fails at once
+        ensure_ray(RayConfig(dashboard=False))  # connect to (or start) Ray as `estuary run` does, unless connected
+        checks.check_cluster(cfg)  # cheapest first: a job that can never be placed fails at once
         if resume_from is not None:
-            checkpoint.check_resumable(resume_from, cfg.workers, cfg.zero.stage)
-        model_path, _ = preflight.check_model(cfg)
+            ds_checkpoint.check_resumable(resume_from, cfg.workers, cfg.zero.stage)
+        model_path, _ = checks.check_model(cfg)
         try:
             self.storage_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"train.storage_path {self.storage_path} cannot be created ({exc.strerror})") from None
-        preflight.wait_for_resources(cfg)  # before any Ray Data task: CPUs held by others would stall them
+        checks.wait_for_resources(cfg)  # before any Ray Data task: CPUs held by others would stall them
         shuffle_seed = cfg.seed if cfg.shuffle else None
-        dataset, rows = preflight.check_knowledge(knowledge, cfg.workers, shuffle_seed=shuffle_seed)
+        dataset, rows = checks.check_knowledge(knowledge, cfg.workers, shuffle_seed=shuffle_seed)
         loop_config = {
             "train": cfg.model_dump(mode="json"),
             "model_path": model_path,
@@ -102,7 +104,7 @@ class ServerTrainer:
             train_loop_config=loop_config,
             torch_config=TorchConfig(backend=cfg.dist_backend),
             scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.workers, use_gpu=cfg.on_gpu, resources_per_worker=cfg.worker_resources(),
+                num_workers=cfg.workers, use_gpu=cfg.on_gpu, resources_per_worker=cfg.resources.bundle(),
                 placement_strategy=cfg.placement_strategy,
             ),
             run_config=ray.train.RunConfig(
@@ -122,9 +124,9 @@ class ServerTrainer:
         if result.checkpoint is None:
             raise EstuaryError(f"server training job {name!r} finished without a checkpoint")
         folder = Path(result.checkpoint.path)
-        state = checkpoint.read_state(folder)
+        state = ds_checkpoint.read_state(folder)
         startup = (state.first_step_at - began) if state.first_step_at and state.first_step_at >= began else 0.0
-        return TrainOutcome(name=name, checkpoint_dir=folder, adapter_dir=checkpoint.adapter_path(folder),
+        return TrainOutcome(name=name, checkpoint_dir=folder, adapter_dir=ds_checkpoint.adapter_path(folder),
                             state=state, rows=rows, fit_seconds=fit_seconds, startup_seconds=startup)
 
 

@@ -1,0 +1,121 @@
+"""ClientWorker: a Ray actor that loads a base SLM once and serves client tasks on it.
+
+Per task it swaps in the client's LoRA adapter (and optimizer state) from the ClientState that
+travels with the task, runs the strategy's `client_step` on the client's private shard, and returns
+(Egress, new ClientState). The task is a pure function of (task, state): a retry after a crash
+starts from the same state, so no update is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from estuary.wire import ClientState, ClientTask, Egress
+
+if TYPE_CHECKING:  # workers get the strategy class with each task; they never import the platform
+    from estuary.platform.strategy import Strategy
+
+
+class ClientWorker:
+    def __init__(
+        self,
+        exp_json: str,
+        model_paths: dict[str, str],
+        name: str,
+        torch_threads: int,
+        gpu_fraction: float = 0.0,
+    ) -> None:
+        import torch
+
+        from estuary.config import ExperimentConfig
+
+        torch.set_num_threads(max(1, torch_threads))
+        self.device = "cpu"
+        if gpu_fraction > 0 and torch.cuda.is_available():
+            self.device = "cuda"
+            # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU; cap memory to this worker's share.
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
+        self.exp = ExperimentConfig.model_validate_json(exp_json)
+        self.model_paths = model_paths
+        self.name = name
+        self._models: dict[str, tuple[Any, Any, dict[str, Any]]] = {}
+        self._strategies: dict[str, Strategy] = {}
+        self.tasks_done = 0
+
+    def ready(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {"worker": self.name, "pid": os.getpid(), "node": ctx.get_node_id(), "device": self.device}
+
+    # ------------------------------------------------------------------ internals
+    def _model(self, spec: str) -> tuple[Any, Any, dict[str, Any]]:
+        if spec not in self._models:
+            from estuary.lm.model import adapter_state, attach_lora, load_base
+
+            tr = self.exp.training
+            base, tok = load_base(self.model_paths[spec], dtype=self.exp.models.dtype, device=self.device)
+            model = attach_lora(base, tr.lora, seed=self.exp.seed)
+            # Every client starts from the same adapter initialisation (seeded by the run seed).
+            self._models[spec] = (model, tok, adapter_state(model))
+        return self._models[spec]
+
+    def _strategy(self, cls: type[Strategy]) -> Strategy:
+        if cls.name not in self._strategies:
+            from estuary.registry import params_for
+
+            self._strategies[cls.name] = cls(self.exp, params_for(cls, self.exp.params_of(cls.name)))
+        return self._strategies[cls.name]
+
+    # ------------------------------------------------------------------ the task
+    @ray.method(num_returns=2)
+    def run_task(
+        self, strategy: type[Strategy], task: ClientTask, state: ClientState | None
+    ) -> tuple[Egress, ClientState]:
+        from estuary.client.context import ClientContext
+        from estuary.data.federated import build_federated_data
+        from estuary.lm.model import adapter_state, load_adapter_state
+
+        t0 = time.perf_counter()
+        data = build_federated_data(
+            self.exp.data.model_dump_json(), self.exp.clients.count, self.exp.seed
+        )
+        if state is None:
+            spec = self.exp.models.for_client(_client_index(task.client_id))
+            state = ClientState(client_id=task.client_id, model=spec)
+        client_state = state
+
+        def bind() -> tuple[Any, Any]:
+            model, tok, init = self._model(client_state.model)
+            load_adapter_state(model, client_state.adapter if client_state.adapter is not None else init)
+            return model, tok
+
+        ctx = ClientContext(
+            exp=self.exp,
+            state=state,
+            bind=bind,
+            task=data.task,
+            data=data.client(task.client_id),
+            test=data.test,
+            worker=self.name,
+            strategy=strategy.name,
+            load=lambda spec: self._model(spec)[:2],
+        )
+        egress = self._strategy(strategy).client_step(ctx, task)
+        missing = [e for e in ctx.privacy_rows if e not in egress.privacy]
+        egress.privacy.extend(missing)  # every ledger entry of the task reaches privacy.jsonl, however built
+        if ctx.trained:
+            state.adapter = adapter_state(ctx.model)
+        group = self.exp.clients.group_of(_client_index(task.client_id))
+        if group is not None and group.slowdown_s:
+            time.sleep(group.slowdown_s)  # a simulated slow device (clients.groups[].slowdown_s)
+        egress.wall_s = time.perf_counter() - t0
+        self.tasks_done += 1
+        return egress, state
+
+
+def _client_index(client_id: str) -> int:
+    digits = client_id.lstrip("c")
+    return int(digits) if digits.isdigit() else -1

@@ -1,0 +1,125 @@
+"""The wire contract: what travels between the driver and a client, and what comes back.
+
+- `ClientTask`: what the driver asks of a client in a round.
+- `ClientState`: everything a client owns between tasks, as plain data. In pooled mode it lives outside the
+  worker (Ray object store, written to the run folder at each checkpoint) and travels with each task; in
+  dedicated mode the same object is handed to the same actor every time. One format, two placements.
+- `Egress`: the one typed record allowed to leave a client. A client's private examples never cross this
+  boundary; what does (metrics, DP synthetic samples with their ledger entries, top-k distributions, scores)
+  is named and typed here, so the privacy boundary is this type.
+- `RoundOutcome`: what the pool hands back to the strategy for a round's tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from estuary.data.task import Example
+    from estuary.privacy.ledger import LedgerEntry
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    client_id: str
+    round: int
+    kind: str = "train"  # strategy-defined: "train", "eval", ...
+    evaluate: bool = True  # evaluate after the step (own eval split, and global test if configured)
+    params: dict[str, Any] = field(default_factory=dict)  # strategy-defined instructions
+
+
+@dataclass
+class ClientState:
+    client_id: str
+    model: str  # model spec this client's SLM is built from
+    adapter: dict[str, torch.Tensor] | None = None  # LoRA weights (PEFT state dict); None = initial
+    optimizer: dict[str, Any] | None = None  # AdamW state_dict, when kept across rounds
+    rounds_trained: int = 0
+    steps_trained: int = 0
+    privacy: dict[str, Any] = field(default_factory=dict)  # accountant state (privacy ledger)
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-owned per-client data
+
+    def nbytes(self) -> int:
+        total = 0
+        for t in (self.adapter or {}).values():
+            total += t.numel() * t.element_size()
+        return total
+
+
+@dataclass
+class Egress:
+    client_id: str
+    round: int
+    strategy: str
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. train/loss, eval/accuracy, test/macro_f1
+    losses: list[float] = field(default_factory=list)  # per-step training losses of this task
+    payload: dict[str, Any] = field(default_factory=dict)  # method-specific, privacy-reviewed content
+    wall_s: float = 0.0
+    worker: str = ""
+    examples: int = 0  # training examples processed in this task
+    attempts: int = 1  # filled by the pool: tries it took (retries after crashes or errors)
+    privacy: list[LedgerEntry] = field(default_factory=list)  # ledger entries of this task → privacy.jsonl
+    synthetic: list[Example] = field(default_factory=list)  # DP synthetic examples (need a "release" entry)
+
+    def __post_init__(self) -> None:
+        for k, v in self.metrics.items():
+            if not isinstance(v, (int, float)) or not math.isfinite(float(v)):  # NaN or ±inf: no summary of it
+                raise ValueError(f"client {self.client_id}: metric {k!r} is not a finite number ({v!r})")
+        if self.synthetic and not any(e.op == "release" for e in self.privacy):
+            raise ValueError(
+                f"client {self.client_id}: synthetic examples may leave only with their ledger 'release' entry "
+                "(use ClientContext.dp_synthesize)"
+            )
+
+    @property
+    def refusals(self) -> list[LedgerEntry]:
+        """DP work this client refused in the task (its privacy budget would have been exceeded)."""
+        return [e for e in self.privacy if e.op == "refused"]
+
+    def privacy_rows(self) -> list[dict[str, Any]]:
+        """The rows this task adds to privacy.jsonl."""
+        return [{**e.row(), "strategy": self.strategy, "round": self.round, "client": self.client_id}
+                for e in self.privacy]
+
+    def record(self) -> dict[str, Any]:
+        """The row written to clients.jsonl."""
+        return {
+            "strategy": self.strategy,
+            "round": self.round,
+            "client": self.client_id,
+            "metrics": self.metrics,
+            "loss_first": self.losses[0] if self.losses else None,
+            "loss_last": self.losses[-1] if self.losses else None,
+            "examples": self.examples,
+            "wall_s": round(self.wall_s, 4),
+            "worker": self.worker,
+            "attempts": self.attempts,
+        }
+
+
+@dataclasses.dataclass
+class RoundOutcome:
+    results: dict[str, Egress]
+    failures: dict[str, str]  # client id → last error text
+    attempts: int = 0  # task submissions, retries included
+    late: list[str] = dataclasses.field(default_factory=list)  # cut by clients.round_deadline_s (in failures)
+
+    @property
+    def ok(self) -> int:
+        return len(self.results)
+
+    def then(self, later: RoundOutcome) -> RoundOutcome:
+        """This phase followed by a later one in the same round: the later Egress records, carrying the
+        earlier phase's metrics they do not overwrite and counting the training examples of both phases;
+        failures and attempts of both."""
+        results = {cid: dataclasses.replace(eg, metrics={**self.results[cid].metrics, **eg.metrics},
+                                            examples=self.results[cid].examples + eg.examples)
+                   if cid in self.results else eg for cid, eg in later.results.items()}
+        failures = {**self.failures, **later.failures}
+        return RoundOutcome(results, {c: t for c, t in failures.items() if c not in results},
+                            self.attempts + later.attempts, [*self.late, *later.late])
