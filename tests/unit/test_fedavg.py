@@ -13,6 +13,7 @@ import torch
 from estuary.errors import ConfigError
 from estuary.platform.checkpoint import Checkpointer
 from estuary.platform.loading import load_config
+from estuary.runtime import resolve
 from estuary.strategies.fedavg import FedAvg, weighted_adapter_mean
 from estuary.strategies.fedavg_config import FedAvgConfig
 from estuary.wire import Egress, RoundOutcome
@@ -82,7 +83,9 @@ def test_tasks_share_one_global_adapter_and_evaluation_follows(tmp_path: Path) -
     assert [t.params["global"] for t in tasks] == [None, None] and not any(t.evaluate for t in tasks)
     s.global_adapter = adapter([[1.0, 2.0]], [[0.0], [4.0]])
     tasks = s.configure_round(2, ["c001", "c003"])
-    assert tasks[0].params["global"] is tasks[1].params["global"] is s.global_adapter  # no Ray: the value itself
+    shared = tasks[0].params["global"]
+    assert tasks[1].params["global"] is shared  # one copy for the round (an ObjectRef when Ray is up, else the value)
+    assert resolve(shared) is s.global_adapter or torch.equal(resolve(shared)[A], s.global_adapter[A])
     outcome = RoundOutcome({"c001": _egress("c001", s.global_adapter, 5), "c003": _egress("c003", s.global_adapter, 5)},
                            {})
     follow = s.configure_followup(2, outcome)
