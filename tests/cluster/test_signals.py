@@ -121,8 +121,8 @@ AROUND_RAY = """
 import os, signal, threading, time
 from estuary.shutdown import keep_ray_handler_out
 keep_ray_handler_out()  # as estuary.cli.main does, before ray is imported
-from estuary.platform.config import RayConfig
-from estuary.platform.runtime import ensure_ray, shutdown_ray
+from estuary.config.experiment import RayConfig
+from estuary.runtime import ensure_ray, shutdown_ray
 from estuary.shutdown import StopSignals, stop_line
 with StopSignals():
     try:
