@@ -1,10 +1,11 @@
 """Generation throughput of the served vLLM against the transformers reference, measured in one run.
 
-    python -m bench.serve_throughput [--models smollm2-135m qwen2.5-0.5b] [--batches 1 16 64]
-                                     [--new-tokens 64] [--prompts 256] [--shots 16]
-                                     [--no-lora-point] [--no-cli-start]
+    python -m bench.serve_throughput [--models smollm2-135m qwen2.5-0.5b qwen2.5-coder-1.5b]
+                                     [--batches 1 16 64] [--new-tokens 64] [--prompts 256] [--shots 16]
+                                     [--no-lora-point] [--no-cli-start] [--name serve_throughput]
 
-For each model (defaults: the default client and server models):
+For each model (defaults: the default client and server models, and qwen2.5-coder-1.5b, the method jobs'
+server):
 1. `estuary serve --model M` as a user starts it (its own local Ray cluster): seconds from launching the
    command to the first token answered over HTTP (`/v1/completions`, 1 token).
 2. The server LLM deployed on a local 2-CPU Ray cluster (Ray Serve + vLLM, default `ServerConfig`: LoRA
@@ -15,7 +16,7 @@ For each model (defaults: the default client and server models):
    `start_server` to the first token and the replica's peak RSS. For SmolLM2, batch 64 with LoRA off too.
 3. The transformers reference engine (`generate`, padded batches) in a fresh process, at its faster dtype
    (bfloat16 vs float32, picked at batch 16), on the same prompts; its peak RSS.
-Ratios are vLLM / reference. Results: bench/results/serve_throughput.json.
+Ratios are vLLM / reference. Results: bench/results/<--name>.json (default serve_throughput.json).
 """
 
 from __future__ import annotations
@@ -191,13 +192,14 @@ def run_reference(model: str, batches: list[int], new_tokens: int, workload: lis
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"])
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b", "qwen2.5-coder-1.5b"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=256, help="augmentation workload size (0 skips it)")
     ap.add_argument("--shots", type=int, default=16, help="demonstrations per augmentation prompt")
     ap.add_argument("--no-lora-point", action="store_true", help="skip the LoRA-off batch-64 point")
     ap.add_argument("--no-cli-start", action="store_true", help="skip timing `estuary serve` to its first token")
+    ap.add_argument("--name", default="serve_throughput", help="result file name under bench/results/")
     args = ap.parse_args()
 
     load_before = os.getloadavg()
@@ -226,7 +228,7 @@ def main() -> None:
         results[model]["reference_transformers_tok_s"] = reference
         results[model]["ratio_vllm_over_reference"] = {k: round(served[k] / reference[k], 2) for k in keys}
         print(f"  ratios: {results[model]['ratio_vllm_over_reference']}", flush=True)
-    write_result("serve_throughput", {
+    write_result(args.name, {
         "what": "output tokens/s, served vLLM (Ray Serve handle) vs transformers reference generate, same run",
         "command": " ".join(["python -m bench.serve_throughput", *sys.argv[1:]]),
         "new_tokens": args.new_tokens, "batches": args.batches, "augmentation_prompts": len(workload),

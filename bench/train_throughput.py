@@ -3,7 +3,9 @@ same data and steps, in one run, and the fixed start-up cost of the Ray Train jo
 
     python -m bench.train_throughput [--model smollm2-135m] [--workers 2] [--stage 2] [--steps 20]
                                      [--micro-batch 4] [--max-length 128] [--distill-weight 0.1]
+                                     [--dtype float32] [--name train_throughput]
     python -m bench.train_throughput --smoke      # tiny random model, a few steps: checks the bench runs
+    python -m bench.train_throughput --model qwen2.5-coder-1.5b --steps 4 --name train_throughput_coder15
 
 Both sides train the same LoRA adapter (r 8, q/v projections) with the same objective on the same records
 (SST-2 prompts for SFT plus distillation records whose top-8 targets favour the next token), for the same
@@ -11,13 +13,15 @@ number of optimizer steps with the same global batch (micro-batch x workers): th
 over its workers (1 CPU and 1 torch thread each), the plain loop runs it in one process with as many torch
 threads as the job has workers. Tokens/s counts non-padding tokens over the step loop only; the fixed cost
 of the Ray job is everything else from calling `fit` to having the adapter (preflight, workers, model load,
-DeepSpeed init, the checkpoint saves, teardown). Results: bench/results/train_throughput.json.
+DeepSpeed init, the checkpoint saves, teardown); step_s is the mean seconds per optimizer step. Results:
+bench/results/<--name>.json (default train_throughput.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import tempfile
 import time
@@ -26,7 +30,7 @@ from typing import Any
 
 import ray
 
-from bench.common import rss_mib, write_result
+from bench.common import PeakTreeMemory, rss_mib, write_result
 from estuary.data import load_splits
 from estuary.runtime import worker_env
 from estuary.train import ServerTrainer, TrainConfig
@@ -93,7 +97,8 @@ def plain_peft(cfg: TrainConfig, model_path: str, records: list[dict[str, Any]])
         train_s += time.perf_counter() - t0
         tokens += batch["tokens"]
         losses.append(float(parts.loss.detach()))
-    return {"setup_s": round(setup, 2), "train_s": round(train_s, 2), "tokens": tokens,
+    return {"setup_s": round(setup, 2), "train_s": round(train_s, 2), "step_s": round(train_s / cfg.steps, 2),
+            "tokens": tokens,
             "tokens_per_s": round(tokens / train_s, 1), "wall_s": round(time.perf_counter() - began, 2),
             "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4), "rss_mib": round(rss_mib())}
 
@@ -109,7 +114,10 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=64, help="SFT records (as many distillation records again)")
     ap.add_argument("--distill-weight", type=float, default=0.1)
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 3 steps: checks the bench runs")
+    ap.add_argument("--name", default="train_throughput", help="result file name under bench/results/")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="training precision")
     args = ap.parse_args()
+    load_before = os.getloadavg()
     scratch = Path(tempfile.mkdtemp(prefix="estuary-train-bench-"))
     model = args.model
     if args.smoke:
@@ -119,7 +127,7 @@ def main() -> None:
         model = str(build_tiny_model(scratch / "tiny", texts))
         args.steps, args.records, args.max_length = 3, 16, 32
     cfg = TrainConfig.load(dict(
-        model=model, workers=args.workers, steps=args.steps, micro_batch_size=args.micro_batch,
+        model=model, dtype=args.dtype, workers=args.workers, steps=args.steps, micro_batch_size=args.micro_batch,
         max_length=args.max_length, lr=2e-4, checkpoint_every=args.steps, zero={"stage": args.stage},
         objective={"distill_weight": args.distill_weight}, lora={"r": 8, "alpha": 16, "dropout": 0.0},
     ))
@@ -135,16 +143,19 @@ def main() -> None:
              _temp_dir=tempfile.mkdtemp(prefix="estb-", dir="/tmp"), log_to_driver=False, logging_level="WARNING")
     ray_init_s = time.perf_counter() - ray_began
     began = time.perf_counter()
-    outcome = ServerTrainer(cfg, storage_path=scratch / "train").fit(records, name="bench")
+    with PeakTreeMemory() as memory:  # the driver, the raylet and the Ray Train workers
+        outcome = ServerTrainer(cfg, storage_path=scratch / "train").fit(records, name="bench")
     job_wall = time.perf_counter() - began
     ray.shutdown()
     st = outcome.state
     job = {
         "wall_s": round(job_wall, 2), "fit_s": round(outcome.fit_seconds, 2),
         "preflight_s": round(job_wall - outcome.fit_seconds, 2), "startup_s": round(outcome.startup_seconds, 2),
-        "train_s": round(st.train_seconds, 2), "fixed_cost_s": round(job_wall - st.train_seconds, 2),
+        "train_s": round(st.train_seconds, 2), "step_s": round(st.train_seconds / args.steps, 2),
+        "fixed_cost_s": round(job_wall - st.train_seconds, 2),
         "tokens": st.tokens, "tokens_per_s": round(outcome.tokens_per_second, 1),
         "first_loss": round(st.losses[0], 4), "last_loss": round(st.losses[-1], 4), "ray_init_s": round(ray_init_s, 2),
+        "peak_tree_pss_mib": round(memory.peak_mib),
     }
     print(f"ray job: {job}")
     plain = plain_peft(cfg, model_path, records)
@@ -156,12 +167,15 @@ def main() -> None:
         "fixed_cost_ray_minus_plain_s": round(job["fixed_cost_s"] - (plain["wall_s"] - plain["train_s"]), 2),
     }
     print(f"ratios:  {ratios}")
-    write_result("train_throughput" + ("_smoke" if args.smoke else ""), {
-        "config": {"model": model if not args.smoke else "tiny-random-llama", "workers": args.workers,
+    write_result(args.name + ("_smoke" if args.smoke else ""), {
+        "config": {"model": model if not args.smoke else "tiny-random-llama", "dtype": args.dtype,
+                   "workers": args.workers,
                    "zero_stage": args.stage, "steps": args.steps, "micro_batch": args.micro_batch,
                    "global_batch": cfg.global_batch_size, "max_length": args.max_length,
                    "records": 2 * args.records, "distill_weight": args.distill_weight},
         "ray_deepspeed": job, "plain_peft": plain, "ratios": ratios,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     })
 
 

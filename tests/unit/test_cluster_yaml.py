@@ -41,7 +41,8 @@ def test_node_types_offer_estuarys_resources(cluster: dict[str, Any]) -> None:
 def test_setup_installs_the_project_with_gpu_extra_and_models(cluster: dict[str, Any]) -> None:
     setup = " ".join(cluster["setup_commands"])
     assert 'pip install -e ".[gpu]"' in setup
-    models = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["models"]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    models = extras["models"] + extras["models-large"]  # the cluster jobs serve qwen2.5-coder-1.5b
     assert all(pin in setup for pin in models)  # the offline weights, pinned as in pyproject.toml
     assert cluster["file_mounts"]["/home/ubuntu/estuary"] == "."
     for cmd in cluster["head_start_ray_commands"][1:] + cluster["worker_start_ray_commands"][1:]:

