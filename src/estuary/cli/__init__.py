@@ -41,6 +41,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from estuary.data.inspect import check_data
     from estuary.platform.loading import explain, load_config
+    from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import check_delta, lora_targets
     from estuary.platform.runner import check_models
 
@@ -49,6 +50,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_delta(cfg)  # δ against each client's data size (the shards are built from the seed, no Ray)
     check_models(cfg)
     targets = lora_targets(cfg)  # refuses named targets a model lacks; printed with the verdict, on stdout
+    targets += model_lines(cfg)  # refuses a model too large for this node or a tokenizer that cannot pad
     if args.explain:
         table = Table("key", "value", "help")
         values = cfg.model_dump(mode="json")
@@ -68,13 +70,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from estuary.data.inspect import data_command
     from estuary.platform.loading import load_config
+    from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import lora_targets
 
     cfg = load_config(args.job, args.set)
     out = _console(stderr=False)
     code = data_command(cfg.data, cfg.clients.count, cfg.seed, out, examples=args.examples)
-    for line in lora_targets(cfg):
-        out.print(line)
+    for line in lora_targets(cfg) + model_lines(cfg):
+        out.print(line, highlight=False)
     return code
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from estuary.data.samples import GENERATOR_MARKERS, sample_text
 from estuary.data.task import Example, Task
 from estuary.lm.encoding import model_device
 from estuary.lm.model import adapter_state
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 CONTROL = "Label: {text}\nText:"
 SUBJECT = "Write {subject}.\n"
-_MARKERS = ("Label:", "Text:")
+_MARKERS = GENERATOR_MARKERS
 UNLABELLED = "text"
 
 
@@ -85,14 +86,15 @@ def label_controls(task: Task) -> list[str]:
 
 
 def generator_examples(task: Task, examples: Sequence[Example]) -> list[Example]:
-    """Private examples → generator training examples: `Label: y\\nText:` → ` text\\n`."""
+    """Private examples → generator training examples: `Label: y\\nText:` → ` text\\n` (an example with a
+    target as one line, `estuary.data.samples.sample_text`)."""
     controls = label_controls(task)
     out = []
     for ex in examples:
-        if ex.text_pair is not None:
+        if ex.text_pair is not None and ex.target is None:
             raise ValueError(f"task {task.name!r}: the DP generator handles single-text examples only (no text_pair)")
         control = controls[ex.label] if ex.label is not None and len(controls) > 1 else controls[0]
-        text = (ex.text if ex.target is None else f"{ex.text} {ex.target}").strip()
+        text = sample_text(task, ex)
         prefix = task.extra.get("prefix")
         if prefix and text.startswith(prefix):  # the prompt ends with the prefix: learn what follows it
             out.append(Example(text=control, target=text[len(prefix):] + "\n", uid=ex.uid))

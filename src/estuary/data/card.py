@@ -120,6 +120,10 @@ class TaskCard(_Part):
         None, description="What one text is ('a biomedical research question'), for LLM and DP-generator prompts.")
     prefix: str | None = Field(
         None, description="Public text every example starts with (E2E's 'name['); DP generators write from it.")
+    sample_pattern: str | None = Field(
+        None, description="DP generators: a regular expression with groups (?P<text>...) and (?P<target>...) "
+        "that splits a generated 'text target' line (E2E's attribute schema); default: a generation task with "
+        "targets has its samples written as its template on one line, the target after it, and split on it.")
     clean: Literal["strip", "news"] = Field(
         "strip", description="Text cleaning: strip (trim spaces), news (also undo AG News escapes: #39; &lt; \\).")
     extract: dict[Literal["text", "text_pair", "label", "target", "domain"], str] = Field(
@@ -161,6 +165,7 @@ class TaskCard(_Part):
             raise ValueError("labels: a generation task has no labels; remove labels and columns.label (or use "
                              "kind: classification)")
         self._check_template(self.prompt_template())
+        self._check_sample_pattern()
         for field in ("stratify", "group"):
             if getattr(self.carve, field) == "":
                 raise ValueError(f"carve.{field}: give a column name or leave it out")
@@ -180,6 +185,18 @@ class TaskCard(_Part):
                 raise ValueError(f"template: field {{{f}}} has no column; set columns.{f} or remove it")
         if "text" not in fields:
             raise ValueError("template: name the text as {text}")
+
+    def _check_sample_pattern(self) -> None:
+        if self.sample_pattern is None:
+            return
+        try:
+            groups = re.compile(self.sample_pattern).groupindex
+        except re.error as exc:
+            raise ValueError(f"sample_pattern: not a regular expression ({exc})") from None
+        if not {"text", "target"} <= set(groups):
+            raise ValueError("sample_pattern: name its two parts (?P<text>...) and (?P<target>...)")
+        if self.columns.target is None:
+            raise ValueError("sample_pattern: only a generation task with a target column splits its samples")
 
     # ------------------------------------------------------------------ derived
     def label_keys(self) -> list[str]:
@@ -223,10 +240,12 @@ class TaskCard(_Part):
 
     def to_task(self) -> Task:
         """The Task the methods and evaluation use (its description and subject feed the LLM prompts)."""
-        extra = {k: v for k, v in (("subject", self.subject), ("prefix", self.prefix)) if v is not None}
+        named = (("subject", self.subject), ("prefix", self.prefix), ("sample_pattern", self.sample_pattern))
+        extra = {k: v for k, v in named if v is not None}
         return Task(name=self.name, kind=self.kind, template=self.prompt_template(),
                     label_words=tuple(self.label_words()), label_names=tuple(self.names_of_labels()),
-                    description=self.description or self.default_description(), extra=extra)
+                    description=self.description or self.default_description(), extra=extra,
+                    targets=self.kind == "generation" and self.columns.target is not None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class Task:
     label_names: tuple[str, ...] = ()
     description: str = ""  # one sentence describing the task, for LLM prompts in later methods
     extra: dict[str, str] = field(default_factory=dict)  # "subject": what one text is, public (DP generator prompts)
+    targets: bool = False  # generation: examples carry a `target` after the prompt (not free text to write)
 
     @property
     def num_labels(self) -> int:

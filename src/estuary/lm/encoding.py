@@ -139,10 +139,15 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: Task) -> list[list
 
 
 def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id batches are right-padded with (masked out of attention and loss): the pad token, else EOS.
+
+    Raises ValueError when the tokenizer has neither (the preflight, `estuary.platform.model_fit`, refuses such
+    a model before any worker starts)."""
     for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if isinstance(value, int):
             return value
-    return 0
+    raise ValueError("the tokenizer has neither a pad token nor an EOS token; add \"pad_token\" to its "
+                     "tokenizer_config.json")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -134,6 +134,7 @@ def run_experiment(
 ) -> Path:
     from estuary.client.pool import ClientPool
     from estuary.data.federated import build_federated_data
+    from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import check_delta, check_run_models
     from estuary.platform.report import draw_plots, results_table
     from estuary.platform.run_context import RunContext, ServerContext
@@ -148,6 +149,10 @@ def run_experiment(
     check_delta(cfg, data)  # δ ≥ 1/n for a client is no guarantee: one line now, before Ray starts
     model_paths, server_path = resolve_models(cfg)
     check_run_models(cfg, model_paths)  # a model Opacus cannot DP-train: one line now, not after retries
+    paths = {**model_paths, **({cfg.models.server: server_path} if server_path else {})}
+    for line in model_lines(cfg, paths, address=address):  # too large for this node, a tokenizer that cannot pad
+        if "tokenizer" in line or "chat template" in line:
+            console.print(line, highlight=False)
 
     summary = start_summary(cfg, recorder, data, resume)
     # the trackers start before a resume truncates rounds.jsonl: the rounds it holds are already tracked

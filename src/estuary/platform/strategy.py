@@ -77,6 +77,9 @@ class Strategy(ABC):
     task_kind: ClassVar[str | None] = None
     task_use: ClassVar[str] = ""
     task_pairs: ClassVar[bool] = True  # whether it handles text-pair examples (premise + hypothesis)
+    # how it uses the server LLM: "" not at all, "serve" generation through the deployment, "train" also LoRA
+    # training (method_params.llm_train); the preflight sizes the server model by it (estuary.platform.model_fit)
+    server_use: ClassVar[str] = ""
 
     def __init__(self, exp: ExperimentConfig, params: Any | None = None) -> None:
         self.exp = exp

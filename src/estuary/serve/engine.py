@@ -24,6 +24,12 @@ ENGINES = {
 }
 
 
+def plain_text(messages: Sequence[dict[str, str]]) -> str:
+    """Chat messages as one completion prompt, for a model without a chat template: the contents in order, a blank
+    line apart, then a blank line (as `estuary.knowledge.fdkt_prompts.plain_prompt` without an answer prefix)."""
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
 class Engine(ABC):
     """One model behind the server. Subclasses implement start, stream, topk and load_adapter."""
 
@@ -78,6 +84,8 @@ class Engine(ABC):
         if isinstance(prompt, str):
             ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            if not getattr(self.tokenizer, "chat_template", None):  # a base model: the messages as plain text
+                return [int(i) for i in self.tokenizer(plain_text(prompt), add_special_tokens=True)["input_ids"]]
             ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]

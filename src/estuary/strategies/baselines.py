@@ -103,6 +103,7 @@ class LLMCentralized(Strategy):
 
     name = "llm_centralized"
     config_class: ClassVar[type] = LLMCentralizedConfig
+    server_use: ClassVar[str] = "train"
     description = "The server LLM (LoRA) fine-tuned on all clients' data pooled: the mutual methods' LLM bound."
 
     def num_rounds(self) -> int:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 class CrossLM(Strategy):
     name = "crosslm"
     config_class: ClassVar[type] = CrossLMConfig
+    server_use: ClassVar[str] = "train"
     description = "The LLM generates task data; client SLMs score it; both train on the well-scored part."
     task_kind = "classification"
     task_use = "has the LLM write labelled task data"

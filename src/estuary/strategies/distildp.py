@@ -39,6 +39,7 @@ from estuary.wire import ClientTask, Egress, RoundOutcome
 if TYPE_CHECKING:
     from estuary.client.context import ClientContext
     from estuary.config import ExperimentConfig
+    from estuary.data.task import Task
     from estuary.platform.run_context import ServerContext
     from estuary.strategies.distildp_client import TeacherTarget
 
@@ -63,6 +64,13 @@ class DistilDP(Strategy):
         from estuary.registry import params_for
 
         return cfg.privacy.generator_model or params_for(cls, cfg.params_of(cls.name)).teacher_model
+
+    @classmethod
+    def task_misfit(cls, task: Task) -> str | None:
+        """Also: a task with targets whose generated samples would not split into prompt and target."""
+        from estuary.data.samples import layout_misfit
+
+        return super().task_misfit(task) or layout_misfit(task)
 
     @classmethod
     def check_job(cls, cfg: ExperimentConfig, source: str) -> None:

@@ -19,7 +19,6 @@ kept in the client's state when the widths differ; β = 0 by default).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from estuary.client.dp_generator import generator_examples, generator_task
+from estuary.data.samples import parse_sample
 from estuary.data.task import Example, Task
 from estuary.lm.distill import DistillExample, DistillResult, distill_example, distill_steps
 from estuary.lm.encoding import collate, encode, length_batches, model_device, padding_id
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
 
 PROJECTION_KEY = "distildp_projection"  # ClientState.extra: the student → teacher hidden-state projection
 HARD_KEY = "distildp_hard_labels"  # ClientState.extra: the hard-label-only twin student (adapter, optimizer)
-
-_ATTRIBUTE = r"[A-Za-z][A-Za-z ]*\[[^\[\]\n]*\]"
-# the description starts after the last attribute and holds no brackets (a sample cut inside its attributes,
-# or one that lists more attributes after its text, does not parse)
-_MR_TEXT = re.compile(rf"^\s*({_ATTRIBUTE}(?:\s*,\s*{_ATTRIBUTE})*)\s*([^,\s\[\]][^\[\]]*?)\s*$", re.S)
 
 
 @dataclass(frozen=True)
@@ -60,14 +55,10 @@ class TeacherTarget:
 
 
 def synthetic_example(task: Task, text: str, uid: str) -> Example | None:
-    """A generated sample as an example of `task` (None: it does not parse). Unconditional text tasks take
-    the text as it is; E2E samples are "meaning representation + description", as its generator learnt them."""
-    if task.name == "e2e":
-        match = _MR_TEXT.match(text)
-        if match is None:
-            return None
-        return Example(text=match.group(1), target=" " + match.group(2), uid=uid)
-    return Example(text=text, uid=uid)
+    """A generated sample as an example of `task` (None: it does not split into prompt and target). Unconditional
+    text tasks take the text as it is; tasks with targets split it as the card says (`estuary.data.samples`:
+    E2E's `sample_pattern`, else the card's own template)."""
+    return parse_sample(task, text, uid)
 
 
 def _teacher_pass(model: Any, tokenizer: Any, seqs: list[tuple[list[int], int]], k: int,

@@ -45,6 +45,7 @@ def example_row(ex: Example, **extra: Any) -> dict[str, Any]:
 class FDKT(Strategy):
     name = "fdkt"
     config_class: ClassVar[type] = FDKTConfig
+    server_use: ClassVar[str] = "serve"
     uses_privacy: ClassVar[bool] = True  # its DP generator's model is checked before the run starts
     description = "Clients send DP synthetic demos; the LLM filters and augments them; SLMs train on the result."
     task_kind = "classification"

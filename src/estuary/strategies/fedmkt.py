@@ -72,6 +72,7 @@ def model_label(spec: str) -> str:
 class FedMKT(Strategy):
     name = "fedmkt"
     config_class: ClassVar[type] = FedMKTConfig
+    server_use: ClassVar[str] = "train"
     description = "Mutual top-k distillation LLM ↔ SLMs on public data, aligned across tokenizers."
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
