@@ -1,6 +1,7 @@
-"""A `noop` run imports what it needs when it needs it: its driver (entry points, job loading, the strategy, round
-checkpoints) and its workers (a task) load no torch, transformers, vLLM or PEFT, and a worker builds no data for a
-step that never reads it. Each check runs in a fresh interpreter (`python -c`): this one has loaded them all."""
+"""A `noop` run imports what it needs when it needs it: its driver (entry points, job loading, the strategy, SST-2's
+data, round checkpoints) and its workers (a task) load no torch, transformers, vLLM or PEFT, and a worker builds no
+data for a step that never reads it. Each check runs in a fresh interpreter (`python -c`): this one has loaded them
+all."""
 
 from __future__ import annotations
 
@@ -40,12 +41,16 @@ def test_noop_driver_imports_no_model_code(tmp_path: Path) -> None:
         from estuary.platform.runner import run_experiment
         entry = sorted(sys.modules)
         from estuary.registry import get
+        from estuary.data.federated import build_federated_data
         cfg = load_config(base={job!r})
         get(cfg.method)
+        data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
+        assert len(data.clients) == 4 and data.test
         print(json.dumps({{"entry": entry, "job": sorted(sys.modules)}}))
     """)
     for when in ("entry", "job"):
         assert not [m for m in MODEL_CODE if m in loaded[when]], when
+    assert not [m for m in DATA_CODE if m in loaded["job"]]  # SST-2's label-lines files: read without `datasets`
     others = [m for m in loaded["job"] if m.startswith("estuary.strategies.")
               and m not in ("estuary.strategies.noop", "estuary.strategies.noop_config")]
     assert not others, others  # the registry imported the noop strategy's module only
