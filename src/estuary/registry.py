@@ -1,6 +1,7 @@
 """Strategy registry: `register` a Strategy subclass under its name, `get` it back by name.
 
-Built-in strategies register themselves when `estuary.strategies` is imported; an unknown name
+A built-in strategy's module is imported the first time the strategy is asked for (`BUILTINS` names it), so a
+run imports the strategies it executes and nothing else: a `noop` run loads no model code. An unknown name
 lists the known ones. Method parameters are validated against the strategy's config dataclass.
 """
 
@@ -17,8 +18,20 @@ if TYPE_CHECKING:
     from estuary.platform.strategy import Strategy
 
 _REGISTRY: dict[str, type[Strategy]] = {}
-_BUILTINS_LOADED = False
 S = TypeVar("S", bound="type[Strategy]")
+
+# Built-in method name → the module that registers it (imported on first use).
+BUILTINS: dict[str, str] = {
+    **dict.fromkeys(("zero_shot", "standalone", "centralized", "llm_centralized"), "estuary.strategies.baselines"),
+    "crosslm": "estuary.strategies.crosslm",
+    "distildp": "estuary.strategies.distildp",
+    "dp_standalone": "estuary.strategies.dp_baselines",
+    "dp_synthetic": "estuary.strategies.dp_baselines",
+    "fdkt": "estuary.strategies.fdkt",
+    "fedavg": "estuary.strategies.fedavg",
+    "fedmkt": "estuary.strategies.fedmkt",
+    "noop": "estuary.strategies.noop",
+}
 
 
 def register(cls: S) -> S:
@@ -33,25 +46,18 @@ def register(cls: S) -> S:
     return cls
 
 
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        importlib.import_module("estuary.strategies")
-        importlib.import_module("estuary.strategies.dp_baselines")  # dp_standalone, dp_synthetic
-
-
 def available() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    """Every known method name (built-in or registered), without importing a strategy."""
+    return sorted({*_REGISTRY, *BUILTINS})
 
 
 def get(name: str) -> type[Strategy]:
-    _load_builtins()
+    if name not in _REGISTRY and name in BUILTINS:
+        importlib.import_module(BUILTINS[name])
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        close = difflib.get_close_matches(name, available(), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"unknown method '{name}': {hint}known methods: {', '.join(available())}") from None
 

@@ -37,25 +37,47 @@ class ClientContext:
         exp: ExperimentConfig,
         state: ClientState,
         bind: Callable[[], tuple[Any, Any]],
-        task: Task,
-        data: ClientData,
-        test: tuple[Example, ...],
+        task: Task | None = None,
+        data: ClientData | None = None,
+        test: tuple[Example, ...] = (),
         worker: str,
         strategy: str,
         load: Callable[[str], tuple[Any, Any]] | None = None,
+        shard: Callable[[], tuple[Task, ClientData, tuple[Example, ...]]] | None = None,
     ) -> None:
+        """`task`, `data` (the client's private shard) and `test`, or `shard`, which returns them on first use (a
+        step that never looks at the data, e.g. `noop`'s, never builds it)."""
+        if shard is None and (task is None or data is None):
+            raise TypeError("ClientContext needs task and data, or shard")
         self.exp = exp
         self.state = state
         self._bind = bind
         self._bound: tuple[Any, Any] | None = None
-        self.task = task
-        self.data = data
-        self.test = test
+        self._task, self._data, self._test = task, data, test
+        self._shard = shard
         self.worker = worker
         self.strategy = strategy
         self.trained = False  # set when the adapter changed and must be written back to the state
         self.privacy_rows: list[LedgerEntry] = []  # ledger entries of this task, sent on the Egress
         self._load = load  # model spec → the worker's (model with LoRA, tokenizer), e.g. a DP generator model
+
+    def _shard_parts(self) -> tuple[Task, ClientData, tuple[Example, ...]]:
+        if self._task is None or self._data is None:
+            assert self._shard is not None
+            self._task, self._data, self._test = self._shard()
+        return self._task, self._data, self._test
+
+    @property
+    def task(self) -> Task:
+        return self._shard_parts()[0]
+
+    @property
+    def data(self) -> ClientData:
+        return self._shard_parts()[1]
+
+    @property
+    def test(self) -> tuple[Example, ...]:
+        return self._shard_parts()[2]
 
     def _model_and_tokenizer(self) -> tuple[Any, Any]:
         """The worker's base model with this client's adapter swapped in, on first use only."""

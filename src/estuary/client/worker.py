@@ -9,6 +9,7 @@ starts from the same state, so no update is lost or applied twice.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ import ray
 from estuary.wire import ClientState, ClientTask, Egress
 
 if TYPE_CHECKING:  # workers get the strategy class with each task; they never import the platform
+    from estuary.data.federated import ClientData
+    from estuary.data.task import Example, Task
     from estuary.platform.strategy import Strategy
 
 
@@ -29,16 +32,19 @@ class ClientWorker:
         torch_threads: int,
         gpu_fraction: float = 0.0,
     ) -> None:
-        import torch
-
         from estuary.config import ExperimentConfig
 
-        torch.set_num_threads(max(1, torch_threads))
+        self.torch_threads = max(1, torch_threads)
+        self._torch_set = False
         self.device = "cpu"
-        if gpu_fraction > 0 and torch.cuda.is_available():
-            self.device = "cuda"
-            # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU; cap memory to this worker's share.
-            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
+        if gpu_fraction > 0:  # a GPU worker loads a model anyway; a CPU one imports torch when a task needs it
+            import torch
+
+            self._set_torch()
+            if torch.cuda.is_available():
+                self.device = "cuda"
+                # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU; cap memory to this worker's share.
+                torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
         self.exp = ExperimentConfig.model_validate_json(exp_json)
         self.model_paths = model_paths
         self.name = name
@@ -51,9 +57,19 @@ class ClientWorker:
         return {"worker": self.name, "pid": os.getpid(), "node": ctx.get_node_id(), "device": self.device}
 
     # ------------------------------------------------------------------ internals
+    def _set_torch(self) -> None:
+        """torch's thread count, once torch is loaded (a `noop` worker never imports it)."""
+        if not self._torch_set and "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+            self._torch_set = True
+
     def _model(self, spec: str) -> tuple[Any, Any, dict[str, Any]]:
         if spec not in self._models:
             from estuary.lm.model import adapter_state, attach_lora, load_base
+
+            self._set_torch()  # estuary.lm.model has loaded torch
 
             tr = self.exp.training
             base, tok = load_base(self.model_paths[spec], dtype=self.exp.models.dtype, device=self.device)
@@ -76,29 +92,30 @@ class ClientWorker:
     ) -> tuple[Egress, ClientState]:
         from estuary.client.context import ClientContext
         from estuary.data.federated import build_federated_data
-        from estuary.lm.model import adapter_state, load_adapter_state
 
+        self._set_torch()  # a state holding tensors has loaded torch: configure it before the step
         t0 = time.perf_counter()
-        data = build_federated_data(
-            self.exp.data.model_dump_json(), self.exp.clients.count, self.exp.seed
-        )
         if state is None:
             spec = self.exp.models.for_client(_client_index(task.client_id))
             state = ClientState(client_id=task.client_id, model=spec)
         client_state = state
 
         def bind() -> tuple[Any, Any]:
+            from estuary.lm.model import load_adapter_state
+
             model, tok, init = self._model(client_state.model)
             load_adapter_state(model, client_state.adapter if client_state.adapter is not None else init)
             return model, tok
+
+        def shard() -> tuple[Task, ClientData, tuple[Example, ...]]:  # built (once per worker) when the step reads it
+            data = build_federated_data(self.exp.data.model_dump_json(), self.exp.clients.count, self.exp.seed)
+            return data.task, data.client(task.client_id), data.test
 
         ctx = ClientContext(
             exp=self.exp,
             state=state,
             bind=bind,
-            task=data.task,
-            data=data.client(task.client_id),
-            test=data.test,
+            shard=shard,
             worker=self.name,
             strategy=strategy.name,
             load=lambda spec: self._model(spec)[:2],
@@ -107,7 +124,10 @@ class ClientWorker:
         missing = [e for e in ctx.privacy_rows if e not in egress.privacy]
         egress.privacy.extend(missing)  # every ledger entry of the task reaches privacy.jsonl, however built
         if ctx.trained:
+            from estuary.lm.model import adapter_state
+
             state.adapter = adapter_state(ctx.model)
+        self._set_torch()  # the step imported torch itself (e.g. noop's payload): configured for the next one
         group = self.exp.clients.group_of(_client_index(task.client_id))
         if group is not None and group.slowdown_s:
             time.sleep(group.slowdown_s)  # a simulated slow device (clients.groups[].slowdown_s)

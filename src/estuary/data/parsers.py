@@ -1,33 +1,54 @@
 """The one layout `datasets` does not read, and AG News's text escapes.
 
 `label-lines` (SST-2's stsa files): one example per line, `<label> <text>`; blank lines are skipped. A
-malformed line is a DataError naming the file and the line. `clean_news` undoes AG News's escapes (a card's
-`clean: news`).
+malformed line is a DataError naming the file and the line. The lines are held as a `LineTable`, plain column
+lists with the part of `datasets.Dataset` the loader reads, so SST-2 (the quickstart's task) loads without
+importing `datasets` (and pandas, pyarrow). `clean_news` undoes AG News's escapes (a card's `clean: news`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from estuary.errors import DataError
-
-if TYPE_CHECKING:
-    from datasets import Dataset
 
 _LINE = re.compile(r"(\S+)[ \t]+(.*\S.*)")
 
 
-def read_label_lines(path: Path) -> Dataset:
-    """A `<label> <text>` file as a Dataset with columns `label` and `text` (strings)."""
-    from datasets import Dataset
+class LineTable:
+    """Columns of equal length as lists, read like a `datasets.Dataset` by the loader: `column_names`, `len`,
+    `select_columns(...).to_dict()`, and `_fingerprint` (its content's hash, the loader's cache key)."""
 
+    def __init__(self, columns: dict[str, list[Any]], fingerprint: str) -> None:
+        self.columns = columns
+        self._fingerprint = fingerprint
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def select_columns(self, names: list[str]) -> LineTable:
+        return LineTable({n: self.columns[n] for n in names}, self._fingerprint)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {n: list(v) for n, v in self.columns.items()}
+
+
+def read_label_lines(path: Path) -> LineTable:
+    """A `<label> <text>` file as a table with columns `label` and `text` (strings)."""
+    digest = hashlib.sha256()
     labels: list[str] = []
     texts: list[str] = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
+            digest.update(line.encode())
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -37,7 +58,7 @@ def read_label_lines(path: Path) -> Dataset:
                                 "that line")
             labels.append(m.group(1))
             texts.append(m.group(2))
-    return Dataset.from_dict({"label": labels, "text": texts})
+    return LineTable({"label": labels, "text": texts}, f"label-lines-{digest.hexdigest()[:16]}")
 
 
 _CP1252_ENTITY = re.compile(r"#(\d{2,4});")

@@ -23,6 +23,8 @@ from .card import TaskCard
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from .parsers import LineTable
+
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -37,7 +39,7 @@ class SourceSplit:
     name: str  # the split's name in the source (a single file: "train")
     stem: str  # the middle of its uids: the file stem, or the split name
     where: str  # for messages: the file, or "hub id [split]"
-    rows: Dataset
+    rows: Dataset | LineTable  # LineTable: a label-lines file, read without `datasets`
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def _why(exc: BaseException) -> str:
     return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
-def _read_file(path: Path, fmt: str) -> Dataset:
+def _read_file(path: Path, fmt: str) -> Dataset | LineTable:
     """One file as a Dataset, read by `datasets` (label-lines: the SST-2 parser)."""
     if fmt == "label-lines":
         from .parsers import read_label_lines
@@ -105,12 +107,12 @@ def _read_file(path: Path, fmt: str) -> Dataset:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_cached(path: str, mtime_ns: int, size: int, fmt: str) -> Dataset:
+def _read_cached(path: str, mtime_ns: int, size: int, fmt: str) -> Dataset | LineTable:
     del mtime_ns, size  # part of the cache key only: a rewritten file is read again
     return _read_file(Path(path), fmt)
 
 
-def read_file(path: Path, fmt: str | None, where: str = "data.task.source") -> Dataset:
+def read_file(path: Path, fmt: str | None, where: str = "data.task.source") -> Dataset | LineTable:
     fmt = fmt or _format_of(path)
     if fmt is None or fmt == "disk":
         raise DataError(f"{where}.path: cannot tell the format of {path} (suffix {''.join(path.suffixes) or 'none'}); "

@@ -9,10 +9,12 @@ Face causal LM works without its module names.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:  # a job's config imports this module: torch is loaded only where a model is
+    import torch
 
 AUTO: Literal["auto"] = "auto"
 
@@ -50,6 +52,7 @@ class LoraConfig(BaseModel):
 
 def auto_targets(model: torch.nn.Module) -> tuple[list[str], str]:
     """(target module names, where they come from) for `targets: auto`; ValueError if the model has none."""
+    import torch
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAPPING
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)

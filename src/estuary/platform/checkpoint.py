@@ -6,18 +6,23 @@
         strategy.json    the strategy's state_dict() (its plain-data entries) and the round's metrics
         strategy.pt      the state_dict() entries that hold tensors (e.g. FedAvg's global adapter), if any
         COMPLETE         written last: a folder without it is ignored (crash mid-save)
+
+A shard is written with `torch.save` when torch is loaded (a state that holds a tensor was unpickled with it);
+in a run that never loads torch (`noop`) no state can hold one, and the shard is a plain pickle under the same
+name, so the driver of such a run never imports torch. `load` reads both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import shutil
+import sys
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from estuary.wire import ClientState
 
@@ -45,10 +50,12 @@ class Checkpointer:
         path.mkdir(parents=True)
         chunks = [states] if isinstance(states, Mapping) else states
         for i, chunk in enumerate(chunks):  # fields as they are: dataclasses.asdict would deep-copy every tensor
-            torch.save({cid: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} for cid, s in chunk.items()},
-                       path / f"clients-{i:05d}.pt")
+            write_shard({cid: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} for cid, s in chunk.items()},
+                        path / f"clients-{i:05d}.pt")
         tensors = {k: v for k, v in driver_state.items() if holds_tensors(v)}
         if tensors:
+            import torch
+
             torch.save(tensors, path / "strategy.pt")
         plain = {k: v for k, v in driver_state.items() if k not in tensors}
         meta = {"round": rnd, "strategy_state": plain, "metrics": metrics}
@@ -73,17 +80,44 @@ class Checkpointer:
         path = self._dir(strategy, rnd)
         states: dict[str, ClientState] = {}
         for shard in sorted(path.glob("clients*.pt")):  # clients.pt: a checkpoint from before the shards
-            raw = torch.load(shard, weights_only=False)
+            raw = read_shard(shard)
             states.update({cid: ClientState(**fields) for cid, fields in raw.items()})
         meta = json.loads((path / "strategy.json").read_text())
         driver_state = dict(meta["strategy_state"])
         if (path / "strategy.pt").exists():
+            import torch
+
             driver_state.update(torch.load(path / "strategy.pt", weights_only=True))
         return states, driver_state, meta["metrics"]
 
 
+def write_shard(obj: dict[str, Any], path: Path) -> None:
+    """`torch.save` once torch is loaded; before that nothing can hold a tensor: a plain pickle."""
+    if "torch" in sys.modules:
+        import torch
+
+        torch.save(obj, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def read_shard(path: Path) -> Any:
+    """A shard `write_shard` wrote: torch's format (a zip archive) or a plain pickle."""
+    if zipfile.is_zipfile(path):
+        import torch
+
+        return torch.load(path, weights_only=False)
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
 def holds_tensors(value: Any) -> bool:
     """A tensor, or a non-empty mapping of tensors (an adapter's state dict): saved with torch, not JSON."""
+    if "torch" not in sys.modules:  # not loaded: nothing holds a tensor
+        return False
+    import torch
+
     if isinstance(value, torch.Tensor):
         return True
     return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())

@@ -15,6 +15,8 @@ import json
 import netrc
 import os
 import socket
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -93,10 +95,7 @@ class TensorBoardTracker:
     name = "tensorboard"
 
     def __init__(self, setup: Setup) -> None:
-        from tensorboardX import summary
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event
-
+        summary, EventsWriter, Event = _tensorboardx()
         self.summary, self._writer_cls, self._event = summary, EventsWriter, Event
         self.setup = setup
         self.root = setup.run_dir / "tensorboard"
@@ -142,6 +141,24 @@ class TensorBoardTracker:
         for writer in self.writers.values():
             writer.close()
         self.writers.clear()
+
+
+def _tensorboardx() -> tuple[Any, Any, Any]:
+    """tensorboardX's `summary`, `EventsWriter` and `Event`. Its package imports torch when torch is installed, for
+    SummaryWriter's type hints only (none of it is used here): in a driver that has not loaded torch (a `noop`
+    run), torch is hidden while tensorboardX is first imported, when no other thread could import torch meanwhile,
+    so tracking costs no torch."""
+    hide = "torch" not in sys.modules and "tensorboardX" not in sys.modules and threading.active_count() == 1
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError meanwhile
+    try:
+        from tensorboardX import summary
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+    finally:
+        if hide and "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return summary, EventsWriter, Event
 
 
 class MLflowTracker:

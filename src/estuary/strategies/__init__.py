@@ -1,5 +1,5 @@
-"""Built-in strategies; importing this package registers them."""
+"""Built-in strategies, one module each (a `<name>_config` module beside it holds its parameters).
 
-from estuary.strategies import baselines, crosslm, distildp, fdkt, fedavg, fedmkt, noop
-
-__all__ = ["baselines", "crosslm", "distildp", "fdkt", "fedavg", "fedmkt", "noop"]
+Nothing is imported here: `estuary.registry.get(name)` imports a strategy's module the first time the strategy is
+asked for (`estuary.registry.BUILTINS`), so a run loads only the code of the strategies it executes.
+"""
