@@ -17,3 +17,4 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/python -m bench.claims check   # docs/results.md matches the records under results/

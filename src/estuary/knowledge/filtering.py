@@ -89,7 +89,8 @@ class FilterConfig:
         default=0, metadata={"help": (
             "classify mode, for ordinal labels such as star ratings: a text agrees with its label when the "
             "LLM's label is within this many label positions of it (1: a 3-star text read as 2 or 4 stars "
-            "agrees). On Yelp a 0.5B per-cluster judge kept no 1- to 3-star sample at 0 (docs/results.md).")})
+            "agrees). On Yelp a 0.5B per-cluster judge kept no 1- to 3-star sample at 0 "
+            "(docs/results-log-2026-11.md).")})
     judge_examples: int = field(default=5, metadata={"help": "per_cluster: texts per cluster shown to the judge."})
     judge_max_listed: int = field(
         default=8, metadata={"help": (

@@ -53,6 +53,12 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                     continue  # a line torn by a crash mid-write: ignored, the round is redone
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run folder's summary.json ({} when the run wrote none yet); reads without creating anything."""
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class Recorder:
     def __init__(self, run_dir: Path, tracking: Tracking | None = None) -> None:
         self.dir = run_dir
@@ -113,8 +119,7 @@ class Recorder:
         return list(read_jsonl(self.dir / "privacy.jsonl"))
 
     def summary(self) -> dict[str, Any]:
-        path = self.dir / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_summary(self.dir)
 
     def truncate_after(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """On resume: drop rows of rounds that were not checkpointed, so they are written once."""

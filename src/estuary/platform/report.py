@@ -28,11 +28,12 @@ GENERATION_COLUMNS = [
 ]
 
 
-def _pick(metrics: dict[str, Any], key: str) -> str | None:
+def pick_metric(metrics: dict[str, Any], key: str) -> str | None:
+    """The first key of `key` ("a|b": a, else b) that `metrics` has; None if none."""
     return next((k for k in key.split("|") if k in metrics), None)
 
 
-def _epsilon(summary: dict[str, Any], name: str) -> float | None:
+def epsilon_reached(summary: dict[str, Any], name: str) -> float | None:
     """The largest ε any client of `name` reached (None: no DP in that strategy; inf: privacy disabled)."""
     per_client = summary.get("privacy", {}).get(name) or {}
     eps = [float(c["epsilon"]) for c in per_client.values() if c.get("epsilon") is not None]
@@ -226,18 +227,18 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     table.add_column("wall s", justify="right")
     for label, members in groups.items():
         name = members[0][0]
-        variants = _variants([e.get("metrics", {}) for _, _, e in members], cols)
+        variants = metric_variants([e.get("metrics", {}) for _, _, e in members], cols)
         for variant in ["", *variants]:  # a strategy's in-run variants, e.g. DistilDP's hard-label twin
-            entries = [e if not variant else {**e, "metrics": _variant_metrics(e.get("metrics", {}), variant)}
+            entries = [e if not variant else {**e, "metrics": variant_metrics(e.get("metrics", {}), variant)}
                        for _, _, e in members]
             cells = []
             for _, spec in cols:
-                keys = [_pick(e.get("metrics", {}), spec) for e in entries]
+                keys = [pick_metric(e.get("metrics", {}), spec) for e in entries]
                 vals = [e["metrics"][k] for e, k in zip(entries, keys, strict=True) if k]
                 spread = [e["metrics"][k.replace("/mean", "/std")] for e, k in zip(entries, keys, strict=True)
                           if k and k.endswith("/mean") and k.replace("/mean", "/std") in e["metrics"]]
                 cells.append(_fmt(vals, spread))
-            eps = [x for x in (_epsilon(s, name) for _, s, _ in members) if x is not None]
+            eps = [x for x in (epsilon_reached(s, name) for _, s, _ in members) if x is not None]
             cells.append(("∞" if any(math.isinf(x) for x in eps) else f"{max(eps):.2f}") if eps else "—")
             wall = statistics.fmean(e.get("wall_s", 0.0) for e in entries)
             text = (f"  {name}: {variant}" if variant else label) + (
@@ -246,7 +247,7 @@ def results_table(*summaries: dict[str, Any]) -> Table:
     return table
 
 
-def _variants(metrics: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:
+def metric_variants(metrics: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:
     """Variants v with metrics `client/<v>/<rest>` for a column key `client/<rest>`."""
     rests = [k.removeprefix("client/") for _, spec in cols for k in spec.split("|") if k.startswith("client/")]
     found = {key.split("/")[1] for m in metrics for key in m for rest in rests
@@ -254,7 +255,7 @@ def _variants(metrics: list[dict[str, Any]], cols: list[tuple[str, str]]) -> lis
     return sorted(found)
 
 
-def _variant_metrics(metrics: dict[str, Any], variant: str) -> dict[str, Any]:
+def variant_metrics(metrics: dict[str, Any], variant: str) -> dict[str, Any]:
     """A variant's metrics under the plain keys (client/<v>/x → client/x)."""
     prefix = f"client/{variant}/"
     return {"client/" + k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
