@@ -422,3 +422,25 @@ def test_both_sides_pass_over_the_public_set_once_a_round(monkeypatch: pytest.Mo
     strategy.params.distill_steps = 3
     strategy.client_step(ctx, ClientTask("c000", 1, kind="distill", params={"public": public, "targets": [1]}))
     assert seen == [5, 3]  # ceil(20 / training.batch_size 4); the explicit steps
+
+
+def test_the_llm_is_evaluated_on_the_clients_evaluation_rounds(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """The served LLM is measured at its start and then when the clients are (evaluation.every; the last round
+    always), not after every round."""
+    from estuary.strategies.fedmkt import FedMKT
+
+    strategy, server, _ = _fedmkt_round_setup(monkeypatch, tmp_path, llm_eval_size=4)
+    strategy.exp.evaluation.every = 5
+    strategy.exp.rounds = 2
+    evaluated: list[str | None] = []
+
+    def fake_eval(self: Any, server: Any, version: str | None) -> dict[str, float]:
+        evaluated.append(version)
+        return {"test/accuracy": 0.5}
+
+    monkeypatch.setattr(FedMKT, "_evaluate_llm", fake_eval)
+    seen = [_fedmkt_round(strategy, server, rnd)[0] for rnd in (1, 2)]
+    assert evaluated == [None, "fedmkt@v2"]  # the start, then round 2 (the last), not round 1
+    assert "llm_start/test/accuracy" in seen[0] and "llm/test/accuracy" not in seen[0]
+    assert seen[1]["llm/test/accuracy"] == 0.5

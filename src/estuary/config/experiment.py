@@ -50,7 +50,8 @@ class TrainingConfig(Section):
 
 
 class EvaluationConfig(Section):
-    every: int = Field(1, ge=1, description="Evaluate every N rounds (the last round always).")
+    every: int = Field(1, ge=1, description="Evaluate every N rounds (the last round always): the clients, and "
+                       "the served LLM of a method that trains it.")
     batch_size: int = Field(16, ge=1, description="Examples per evaluation forward pass.")
     global_test: bool = Field(True, description="Evaluate every client model on the global test split.")
     server: bool = Field(True, description="Also evaluate the server LLM (zero-shot baseline).")

@@ -136,7 +136,7 @@ def run_experiment(
     from estuary.data.federated import build_federated_data
     from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import check_delta, check_run_models
-    from estuary.platform.report import draw_plots, results_table
+    from estuary.platform.report import counts_table, draw_plots, llm_rounds_table, results_table
     from estuary.platform.run_context import RunContext, ServerContext
 
     console = console or Console(stderr=True)
@@ -193,6 +193,10 @@ def run_experiment(
     plots = draw_plots(run_dir) if cfg.output.plots else []
     tracking.close("complete", plots)
     console.print(results_table(summary))
+    runs = [(summary, recorder.rounds())]  # what the server LLM gained and what crossed between the sides
+    for extra in (llm_rounds_table(runs), counts_table(runs)):
+        if extra is not None:
+            console.print(extra)
     console.print(f"run folder: [bold]{run_dir}[/bold]")
     return run_dir
 

@@ -192,7 +192,8 @@ class FedMKT(Strategy):
                                                 slm_topk.adapter))
         metrics["llm/adapter_version"] = float(version_number(self.version))
         metrics["llm/slm_targets_version"] = float(version_number(slm_topk.adapter))
-        metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
+        if self.should_evaluate(rnd):  # the LLM is evaluated when the clients are (evaluation.every)
+            metrics.update({f"llm/{k}": v for k, v in self._evaluate_llm(server, self.version).items()})
         return metrics
 
     def _llm_knowledge(self, server: ServerContext, texts: list[str]) -> TopKLogprobs:
