@@ -37,7 +37,7 @@ class CrossLMConfig:
             "prior: each client divides its label probabilities by its own mean prediction over the round's "
             "samples, rescaled to the samples' intended label mix, before scoring (a label-skewed client "
             "otherwise scores every minority-label sample low, and the mean keeps only majority-label samples: "
-            "0 of 179 negative SST-2 samples passed at Dirichlet 0.5); none: raw probabilities, as published.")})
+            "90 of 179 SST-2 samples passed at Dirichlet 0.5, none negative); none: raw probabilities, as published.")})
     local_steps: int | None = field(
         default=None, metadata={"help": "Phase-1 steps on private data; None = training.steps."})
     transfer_steps: int | None = field(
