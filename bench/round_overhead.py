@@ -10,7 +10,10 @@ resident memory per simulated client, the slope of round time over client count 
 and the ratio to a baseline measured in the same run: the same number of calls on K bare actors through
 `ray.wait`, with no Estuary in between. `--real-clients N` (0 = skip) then runs the `standalone` method with
 N clients, each doing one LoRA step (batch 2, 32 tokens) on the model given (`tiny`: a 2-layer random Llama
-built on the fly, the test suite's), and reports each round's wall time, ms per client and driver memory.
+built on the fly, the test suite's), and reports each round's wall time, ms per client and driver memory, beside
+a plain loop over the same clients' steps (K processes of one thread, the worker's own task code, states in a
+dict, no Ray, records or checkpoints): `overhead_vs_plain_loop` is Estuary's round over the plain one, minus 1
+(issue 31's goal: at most 0.2 in the steady round).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -142,21 +148,95 @@ def real_round(args: argparse.Namespace, out_dir: Path) -> dict:
         "output": {"dir": str(out_dir), "run_id": f"real{n}", "plots": False, "keep_checkpoints": 1},
     }
     t0 = time.perf_counter()
-    run_dir = run_experiment(load_config(base=job), show_progress=False)
+    with round_spans() as spans:
+        run_dir = run_experiment(load_config(base=job), show_progress=False)
     total = time.perf_counter() - t0
     rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
+    rss = round(rss_mib() - rss0, 1)
+    full = [spans[r["round"]] for r in rounds]  # the round with its records and checkpoint
+    plain = plain_rounds(job, args.workers)
+    overhead = [round(f / p - 1, 3) for f, p in zip(full, plain, strict=True)]
     out = {
         "clients": n, "model": args.real_model, "workers": args.workers, "steps_per_client": 1,
-        "round_s": [r["wall_s"] for r in rounds],
-        "ms_per_client_round": [round(r["wall_s"] * 1000 / n, 1) for r in rounds],
+        "round_s": [round(f, 3) for f in full],
+        "ms_per_client_round": [round(f * 1000 / n, 1) for f in full],
+        "records_and_checkpoint_s": [round(f - r["wall_s"], 3) for f, r in zip(full, rounds, strict=True)],
+        "phases_s": [r.get("phases_s") for r in rounds],
+        "plain_loop_round_s": [round(p, 3) for p in plain],
+        "overhead_vs_plain_loop": overhead,
+        "steady_overhead_vs_plain_loop": overhead[-1],
         "clients_ok": [r["clients_ok"] for r in rounds],
         "pool_startup_s": summary.get("pool", {}).get("startup_s"),
         "run_total_s": round(total, 1),
-        "driver_rss_delta_mib": round(rss_mib() - rss0, 1),
+        "driver_rss_delta_mib": rss,
     }
     print(json.dumps({"real_round": out}))
     return out
+
+
+@contextmanager
+def round_spans() -> Iterator[dict[int, float]]:
+    """Seconds of each round of the run inside, from the strategy's first hook to the end of the run context's
+    `end_round` (rounds.jsonl's wall_s ends before the round's records and checkpoint)."""
+    from estuary.platform.run_context import RunContext
+    from estuary.platform.strategy import Strategy
+
+    starts: dict[int, float] = {}
+    spans: dict[int, float] = {}
+    prepare, end = Strategy.prepare_round, RunContext.end_round
+
+    def timed_prepare(self: Any, rnd: int, server: Any) -> Any:
+        starts[rnd] = time.perf_counter()
+        return prepare(self, rnd, server)
+
+    def timed_end(self: Any, strategy: Any, rnd: int, *a: Any, **k: Any) -> None:
+        end(self, strategy, rnd, *a, **k)
+        spans[rnd] = time.perf_counter() - starts[rnd]
+
+    Strategy.prepare_round, RunContext.end_round = timed_prepare, timed_end  # type: ignore[method-assign]
+    try:
+        yield spans
+    finally:
+        Strategy.prepare_round, RunContext.end_round = prepare, end  # type: ignore[method-assign]
+
+
+def plain_rounds(job: dict, workers: int) -> list[float]:
+    """The real round's client work with no orchestration: `workers` processes (one thread each, as the pool's
+    workers), each a plain loop over its share of the clients: the worker's own task code (load the client's
+    adapter, step, export it), states kept in a dict in the process; no Ray, records or checkpoints. Per round,
+    the slowest process's seconds."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        shares = list(pool.map(plain_share, [job] * workers, range(workers), [workers] * workers))
+    return [max(share[i] for share in shares) for i in range(len(shares[0]))]
+
+
+def plain_share(job: dict, k: int, workers: int) -> list[float]:
+    """One plain process: clients k, k + workers, ... of every round, in order; seconds per round."""
+    import torch
+
+    from estuary.client.worker import ClientWorker
+    from estuary.platform.runner import resolve_models
+    from estuary.registry import build_params, get
+
+    torch.set_num_threads(1)
+    cfg = load_config(base=job)
+    paths, _ = resolve_models(cfg)
+    cls = get(cfg.method)
+    strategy = cls(cfg, build_params(cfg.method, cfg.params_of(cfg.method)))
+    worker = ClientWorker(cfg.model_dump_json(), paths, f"plain-{k}", 1)
+    states: dict[str, object] = {}
+    seconds = []
+    for rnd in range(1, cfg.rounds + 1):
+        tasks = strategy.configure_round(rnd, strategy.select_clients(rnd, strategy.client_ids()))[k::workers]
+        t0 = time.perf_counter()
+        for task in tasks:
+            _egress, states[task.client_id] = ClientWorker.run_task(worker, cls, task, states.get(task.client_id))
+        seconds.append(time.perf_counter() - t0)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
   boundary; what does (metrics, DP synthetic samples with their ledger entries, top-k distributions, scores)
   is named and typed here, so the privacy boundary is this type.
 - `RoundOutcome`: what the pool hands back to the strategy for a round's tasks.
+- `TaskError`: a task's error inside a batched call.
 """
 
 from __future__ import annotations
@@ -100,6 +101,20 @@ class Egress:
             "worker": self.worker,
             "attempts": self.attempts,
         }
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """A client task that raised inside a batched call (`ClientWorker.run_batch`): its error line. The pool
+    retries or reports it as it does a task that raised in a call of its own."""
+
+    text: str
+
+
+def error_line(exc: BaseException) -> str:
+    """`TypeName: last line of the message`, at most 500 characters: how a client's failure is reported."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
 
 
 @dataclasses.dataclass

@@ -101,6 +101,43 @@ def test_failing_client_is_reported_and_quorum_applies(tmp_path: Path, tiny_mode
     assert summary["status"] == "failed" and "quorum" in summary["error"]
 
 
+def test_cheap_tasks_are_batched_and_a_failure_stays_its_clients(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import tests.cluster.faulty  # noqa: F401  (registers faulty_noop_test)
+    from estuary.registry import get
+
+    job = tiny_job(tmp_path, tiny_model_dir, method="faulty_noop_test", baselines=[],
+                   data={"train_size": 400, "min_client_size": 2},
+                   clients={"count": 40, "pool_size": 2, "max_retries": 1})
+    cfg = load_config(base=job)
+    pool = ClientPool(cfg, {str(tiny_model_dir): str(tiny_model_dir)})
+    pool.wait_ready()
+    strategy = get("faulty_noop_test")
+    ids = [f"c{i:03d}" for i in range(40)]
+    for rnd in (1, 2):
+        outcome = pool.run(strategy, [ClientTask(cid, rnd) for cid in ids])
+        assert outcome.failures == {"c001": "RuntimeError: planted failure in c001"}
+        assert list(outcome.results) == [cid for cid in ids if cid != "c001"]  # in task order
+        assert outcome.attempts == 41  # c001 tried twice (max_retries 1), every other task once
+    assert pool.sizer.size("faulty_noop_test", "train", 40, 4) == 10  # timed as cheap: an even share per call
+    states = pool.states.snapshot()
+    assert "c001" not in states
+    assert {s.rounds_trained for s in states.values()} == {2}  # each update applied exactly once per round
+    from estuary.client.shards import read_shard
+
+    for who, folder in (("workers", tmp_path / "by-workers"), ("driver", tmp_path / "by-driver")):
+        folder.mkdir()
+        if who == "driver":
+            pool.nodes = {}  # no worker known on the driver's node: the driver writes every shard
+        pool.write_shards(folder, size=16)
+        shards = sorted(folder.glob("clients-*.pt"))
+        assert [p.name for p in shards] == ["clients-00000.pt", "clients-00001.pt", "clients-00002.pt"], who
+        back = {cid: f for p in shards for cid, f in read_shard(p).items()}
+        assert back == {cid: {"client_id": cid, "model": s.model, "adapter": None, "optimizer": None,
+                              "rounds_trained": 2, "steps_trained": 0, "privacy": {}, "extra": {}}
+                        for cid, s in states.items()}, who
+    pool.shutdown()
+
+
 def test_resume_after_driver_interrupt_matches_uninterrupted(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,6 +46,8 @@ def test_noop_driver_imports_no_model_code(tmp_path: Path) -> None:
         get(cfg.method)
         data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
         assert len(data.clients) == 4 and data.test
+        from estuary.platform.model_fit import model_lines
+        assert model_lines(cfg, dict()) == []  # the run's model checks: noop's clients load no model
         print(json.dumps({{"entry": entry, "job": sorted(sys.modules)}}))
     """)
     for when in ("entry", "job"):

@@ -315,11 +315,7 @@ def test_a_rounds_row_carries_each_clients_epsilon(tmp_path: Path) -> None:
     from estuary.privacy.ledger import LedgerEntry
     from estuary.wire import Egress, RoundOutcome
 
-    class States:
-        def snapshot_chunks(self) -> Any:
-            return iter([{}])
-
-    pool = types.SimpleNamespace(states=States())
+    pool = types.SimpleNamespace(write_shards=lambda folder: None)  # what end_round uses of a ClientPool
     server = types.SimpleNamespace(on_generate=None)
     cfg = _cfg(tmp_path, "tensorboard")
     rec, tracking, _ = _start(cfg, tmp_path / "exp-1")

@@ -17,17 +17,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
+from estuary.client.batching import CallSizer
 from estuary.client.groups import WorkerGroup, node_capacities, plan_groups
 from estuary.client.worker import ClientWorker
 from estuary.config import ExperimentConfig
 from estuary.config.clients import ClientResources
 from estuary.errors import EstuaryError
-from estuary.wire import ClientState, ClientTask, Egress, RoundOutcome
+from estuary.wire import ClientState, ClientTask, Egress, RoundOutcome, TaskError, error_line
 
 if TYPE_CHECKING:  # workers get the strategy class with each task; they never import the platform
     from estuary.platform.strategy import Strategy
@@ -45,8 +47,7 @@ def error_text(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None)
     if isinstance(exc, RayTaskError) and cause is not None:
         exc = cause
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
+    return error_line(exc)
 
 
 @dataclass
@@ -76,6 +77,31 @@ class StateStore:
         self.refs.clear()
 
 
+@dataclass
+class _Call:
+    """One Ray call in flight: its tasks, its worker, the refs of their new states."""
+
+    tasks: list[ClientTask]
+    worker: int
+    states: list[ray.ObjectRef]
+
+
+@dataclass
+class _Round:
+    """One `ClientPool.run`: what is queued, in flight, done and failed."""
+
+    strategy: type[Strategy]
+    queue: deque[ClientTask]
+    tries: dict[str, int]
+    index: dict[str, int]
+    on_result: Callable[[Egress], None] | None
+    on_failure: Callable[[str, str], None] | None
+    pending: dict[ray.ObjectRef, _Call] = field(default_factory=dict)
+    results: dict[str, Egress] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    submissions: int = 0
+
+
 class ClientPool:
     def __init__(self, exp: ExperimentConfig, model_paths: dict[str, str]) -> None:
         self.exp = exp
@@ -99,10 +125,12 @@ class ClientPool:
                 self.workers.append(actor_cls.remote(exp_json, model_paths, name, threads, res.num_gpus))
                 self.worker_group.append(gi)
         self.states = StateStore()
-        self.inflight = [0] * len(self.workers)
+        self.inflight = [0] * len(self.workers)  # calls in flight per worker
+        self.sizer = CallSizer(exp.clients.tasks_per_call, exp.clients.call_target_s)
         self._late: dict[ray.ObjectRef, int] = {}  # cancelled/late task → worker, until it ends
         self._probes: dict[ray.ObjectRef, int] = {}  # ready() call → worker that died, until it is back
         self._down: set[int] = set()  # workers Ray is restarting: no task is sent to them meanwhile
+        self.nodes: dict[str, str] = {}  # worker name → node id (from wait_ready)
 
     @property
     def size(self) -> int:
@@ -120,7 +148,33 @@ class ClientPool:
                 f"(clients.startup_timeout_s); free resources ({ray.available_resources()}) do not fit "
                 "clients.resources — check `ray status` or lower clients.resources / clients.pool_size"
             )
-        return ray.get(ready)
+        infos = ray.get(ready)
+        self.nodes = {info["worker"]: info["node"] for info in infos}
+        return infos
+
+    def write_shards(self, folder: Path, size: int = 64) -> None:
+        """Every client's state into `folder` as shards of `size` clients (`clients-00000.pt`, ...). The workers on
+        the driver's node write them in parallel, each state read straight from the object store; with none
+        there (or one that fails), the driver writes, holding one shard at a time."""
+        from estuary.client.shards import shard_fields, write_shard
+
+        here = ray.get_runtime_context().get_node_id()
+        writers = [w for w, name in enumerate(self.names) if self.nodes.get(name) == here and w not in self._down]
+        ids = list(self.states.refs)
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        calls = {self.workers[writers[i % len(writers)]].write_shard.remote(
+                     str(folder / f"clients-{i:05d}.pt"), chunk, *[self.states.refs[c] for c in chunk]): i
+                 for i, chunk in enumerate(chunks) if writers}
+        left = [] if writers else list(range(len(chunks)))
+        for ref, i in calls.items():
+            try:
+                if ray.get(ref) != here:  # restarted elsewhere since wait_ready: its file is not in this folder
+                    left.append(i)
+            except (*_SYSTEM_ERRORS, RayTaskError):
+                left.append(i)
+        for i in left:
+            states = dict(zip(chunks[i], ray.get([self.states.refs[c] for c in chunks[i]]), strict=True))
+            write_shard(shard_fields(states), folder / f"clients-{i:05d}.pt")
 
     def _group_for(self, index: int) -> WorkerGroup:
         return next((g for g in self.groups if g.holds(index)), self.groups[0])
@@ -151,20 +205,18 @@ class ClientPool:
         except (*_SYSTEM_ERRORS, RayTaskError):
             pass
 
-    def _cut_at_deadline(
-        self, pending: dict[ray.ObjectRef, tuple[ClientTask, int, ray.ObjectRef]], queue: deque[ClientTask]
-    ) -> dict[str, str]:
+    def _cut_at_deadline(self, rnd: _Round) -> dict[str, str]:
         """Cancel what is still pending or queued at the deadline; the late clients with their reason."""
         text = (f"DeadlineExceeded: not finished within clients.round_deadline_s="
                 f"{self.exp.clients.round_deadline_s}s (result discarded)")
         late = {}
-        for ref, (task, w, _st) in pending.items():
+        for ref, call in rnd.pending.items():
             ray.cancel(ref)  # a queued actor task is dropped; a running one finishes and is ignored
-            self._late[ref] = w
-            late[task.client_id] = text
-        late.update({t.client_id: text for t in queue})
-        pending.clear()
-        queue.clear()
+            self._late[ref] = call.worker
+            late.update({t.client_id: text for t in call.tasks})
+        late.update({t.client_id: text for t in rnd.queue})
+        rnd.pending.clear()
+        rnd.queue.clear()
         return late
 
     def run(
@@ -175,75 +227,102 @@ class ClientPool:
         on_failure: Callable[[str, str], None] | None = None,
     ) -> RoundOutcome:
         order = {t.client_id: i for i, t in enumerate(tasks)}
-        queue: deque[ClientTask] = deque(tasks)
-        tries: dict[str, int] = {t.client_id: 0 for t in tasks}
-        pending: dict[ray.ObjectRef, tuple[ClientTask, int, ray.ObjectRef]] = {}
-        results: dict[str, Egress] = {}
-        failures: dict[str, str] = {}
-        submissions = 0
-        index = {t.client_id: self._client_index(t.client_id, order) for t in tasks}
+        rnd = _Round(strategy, deque(tasks), {t.client_id: 0 for t in tasks},
+                     {t.client_id: self._client_index(t.client_id, order) for t in tasks}, on_result, on_failure)
         limit = self.exp.clients.round_deadline_s
         deadline = time.monotonic() + limit if limit is not None else None
         late: dict[str, str] = {}
-        while queue or pending:
-            blocked: set[int] = set()  # groups whose workers are all busy (pooled), in this pass
-            held: list[ClientTask] = []
-            while queue and (self.dedicated or len(blocked) < len(self.groups)):
-                task = queue.popleft()
-                i = index[task.client_id]
-                w = None if id(self._group_for(i)) in blocked else self._worker_for(task.client_id, i)
-                if w is None:
-                    held.append(task)
-                    if not self.dedicated:
-                        blocked.add(id(self._group_for(i)))
-                    continue
-                eg_ref, st_ref = self.workers[w].run_task.remote(strategy, task, self.states.get_ref(task.client_id))
-                pending[eg_ref] = (task, w, st_ref)
-                self.inflight[w] += 1
-                tries[task.client_id] += 1
-                submissions += 1
-            queue.extendleft(reversed(held))
+        while rnd.queue or rnd.pending:
+            self._dispatch(rnd)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             # Late tasks of earlier rounds hold pipeline slots until they end, and restarting workers are
             # probed: wait on those too.
-            done, _ = ray.wait([*pending, *self._late, *self._probes], num_returns=1, timeout=timeout)
+            done, _ = ray.wait([*rnd.pending, *self._late, *self._probes], num_returns=1, timeout=timeout)
             if not done and deadline is not None:
-                late = self._cut_at_deadline(pending, queue)
+                late = self._cut_at_deadline(rnd)
                 break
             for ref in done:
                 if ref in self._late:  # a late task ended: its slot is free, its result is dropped
                     self.inflight[self._late.pop(ref)] -= 1
-                    continue
-                if ref in self._probes:
+                elif ref in self._probes:
                     self._probe_done(ref)
-                    continue
-                task, w, st_ref = pending.pop(ref)
-                self.inflight[w] -= 1
-                cid = task.client_id
-                try:
-                    egress: Egress = ray.get(ref)
-                except (*_SYSTEM_ERRORS, RayTaskError) as exc:
-                    text = error_text(exc)
-                    if isinstance(exc, _SYSTEM_ERRORS):
-                        self._worker_died(w)
-                    if tries[cid] <= self.exp.clients.max_retries:
-                        queue.append(task)
-                    else:
-                        failures[cid] = text
-                        if on_failure:
-                            on_failure(cid, text)
-                    continue
-                egress.attempts = tries[cid]
-                results[cid] = egress
-                self.states.refs[cid] = st_ref
-                if on_result:
-                    on_result(egress)
+                else:
+                    self._settle(ref, rnd)
         for cid, text in late.items():
-            failures[cid] = text
+            rnd.failures[cid] = text
             if on_failure:
                 on_failure(cid, text)
-        ordered = dict(sorted(results.items(), key=lambda kv: order[kv[0]]))
-        return RoundOutcome(results=ordered, failures=failures, attempts=submissions, late=list(late))
+        ordered = dict(sorted(rnd.results.items(), key=lambda kv: order[kv[0]]))
+        return RoundOutcome(results=ordered, failures=rnd.failures, attempts=rnd.submissions, late=list(late))
+
+    def _dispatch(self, rnd: _Round) -> None:
+        """Send queued tasks to workers with a free call slot, batched by the CallSizer."""
+        blocked: set[int] = set()  # groups whose workers are all busy (pooled), in this pass
+        held: list[ClientTask] = []
+        while rnd.queue and (self.dedicated or len(blocked) < len(self.groups)):
+            task = rnd.queue.popleft()
+            i = rnd.index[task.client_id]
+            group = self._group_for(i)
+            w = None if id(group) in blocked else self._worker_for(task.client_id, i)
+            if w is None:
+                held.append(task)
+                if not self.dedicated:
+                    blocked.add(id(group))
+                continue
+            batch = [task]
+            if not self.dedicated:
+                slots = group.size * self.exp.clients.max_inflight_per_worker
+                size = self.sizer.size(rnd.strategy.name, task.kind, len(rnd.queue) + 1, slots)
+                while (rnd.queue and len(batch) < size and rnd.queue[0].kind == task.kind
+                       and self._group_for(rnd.index[rnd.queue[0].client_id]) is group):
+                    batch.append(rnd.queue.popleft())
+            self._submit(rnd, batch, w)
+        rnd.queue.extendleft(reversed(held))
+
+    def _submit(self, rnd: _Round, batch: list[ClientTask], w: int) -> None:
+        states = [self.states.get_ref(t.client_id) for t in batch]
+        if len(batch) == 1:
+            refs = list(self.workers[w].run_task.remote(rnd.strategy, batch[0], states[0]))
+        else:
+            refs = self.workers[w].run_batch.options(num_returns=1 + len(batch)).remote(rnd.strategy, batch, *states)
+        rnd.pending[refs[0]] = _Call(batch, w, refs[1:])
+        self.inflight[w] += 1
+        for t in batch:
+            rnd.tries[t.client_id] += 1
+        rnd.submissions += len(batch)
+
+    def _settle(self, ref: ray.ObjectRef, rnd: _Round) -> None:
+        """A call ended: keep each task's result and new state, or retry/report its error."""
+        call = rnd.pending.pop(ref)
+        self.inflight[call.worker] -= 1
+        try:
+            got = ray.get(ref)
+        except (*_SYSTEM_ERRORS, RayTaskError) as exc:
+            if isinstance(exc, _SYSTEM_ERRORS):
+                self._worker_died(call.worker)
+            for task in call.tasks:
+                self._failed(rnd, task, error_text(exc))
+            return
+        outcomes = got if len(call.tasks) > 1 else [got]
+        for task, out, st_ref in zip(call.tasks, outcomes, call.states, strict=True):
+            if isinstance(out, TaskError):
+                self._failed(rnd, task, out.text)
+                continue
+            cid = task.client_id
+            out.attempts = rnd.tries[cid]
+            rnd.results[cid] = out
+            self.states.refs[cid] = st_ref
+            self.sizer.observe(rnd.strategy.name, task.kind, out.wall_s)
+            if rnd.on_result:
+                rnd.on_result(out)
+
+    def _failed(self, rnd: _Round, task: ClientTask, text: str) -> None:
+        if rnd.tries[task.client_id] <= self.exp.clients.max_retries:
+            rnd.queue.append(task)
+        else:
+            rnd.failures[task.client_id] = text
+            if rnd.on_failure:
+                rnd.on_failure(task.client_id, text)
 
     def _client_index(self, client_id: str, order: dict[str, int]) -> int:
         digits = client_id.lstrip("c")

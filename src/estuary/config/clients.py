@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from estuary.config.section import Section
 from estuary.resources import Resources
@@ -58,7 +58,17 @@ class ClientsConfig(Section):
         600.0, gt=0, description="Seconds to wait for the worker actors to start before giving up."
     )
     max_inflight_per_worker: int = Field(
-        2, ge=1, description="Tasks queued at once on each pooled worker (pipelining)."
+        2, ge=1, description="Calls queued at once on each pooled worker (pipelining)."
+    )
+    tasks_per_call: PositiveInt | Literal["auto"] = Field(
+        "auto", description="Clients' tasks a pooled worker gets in one Ray call. auto: one while a strategy's "
+        "tasks are untimed or slow; once their mean time is known, as many as make a call about "
+        "clients.call_target_s long (never more than an even share of the queue), so that tasks far "
+        "cheaper than a Ray call (~1 ms) stop paying one each. A batch fails or is cut at the deadline "
+        "as a whole when its worker dies; a task's own error stays its own. 1: one call per task."
+    )
+    call_target_s: float = Field(
+        0.05, gt=0, description="Seconds of client work one batched call aims at (tasks_per_call: auto)."
     )
     groups: list[ClientGroupConfig] = Field(
         default_factory=list, description="Heterogeneous client groups (model, resources, speed), taking "

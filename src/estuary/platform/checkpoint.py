@@ -7,23 +7,21 @@
         strategy.pt      the state_dict() entries that hold tensors (e.g. FedAvg's global adapter), if any
         COMPLETE         written last: a folder without it is ignored (crash mid-save)
 
-A shard is written with `torch.save` when torch is loaded (a state that holds a tensor was unpickled with it);
-in a run that never loads torch (`noop`) no state can hold one, and the shard is a plain pickle under the same
-name, so the driver of such a run never imports torch. `load` reads both.
+Shards (`estuary.client.shards`) are written by the pool's workers on the driver's node, in parallel and without
+moving the states through the driver, else by the driver one at a time; `torch.save` where torch is loaded, a
+plain pickle in a run that never loads it (`noop`). `load` reads both.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import pickle
 import shutil
 import sys
-import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from estuary.client.shards import read_shard, shard_fields, write_shard
 from estuary.wire import ClientState
 
 
@@ -39,19 +37,21 @@ class Checkpointer:
         self,
         strategy: str,
         rnd: int,
-        states: Mapping[str, ClientState] | Iterable[Mapping[str, ClientState]],
+        states: Mapping[str, ClientState] | Iterable[Mapping[str, ClientState]] | Callable[[Path], None],
         driver_state: dict[str, Any],
         metrics: dict[str, float],
     ) -> Path:
-        """`states`: every client's state, or an iterable of chunks of them (one shard file per chunk)."""
+        """`states`: every client's state, an iterable of chunks of them (one shard file per chunk), or a
+        function that writes the shards into the folder it is given (`ClientPool.write_shards`)."""
         path = self._dir(strategy, rnd)
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
-        chunks = [states] if isinstance(states, Mapping) else states
-        for i, chunk in enumerate(chunks):  # fields as they are: dataclasses.asdict would deep-copy every tensor
-            write_shard({cid: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} for cid, s in chunk.items()},
-                        path / f"clients-{i:05d}.pt")
+        if callable(states):
+            states(path)
+        else:
+            for i, chunk in enumerate([states] if isinstance(states, Mapping) else states):
+                write_shard(shard_fields(chunk), path / f"clients-{i:05d}.pt")
         tensors = {k: v for k, v in driver_state.items() if holds_tensors(v)}
         if tensors:
             import torch
@@ -89,27 +89,6 @@ class Checkpointer:
 
             driver_state.update(torch.load(path / "strategy.pt", weights_only=True))
         return states, driver_state, meta["metrics"]
-
-
-def write_shard(obj: dict[str, Any], path: Path) -> None:
-    """`torch.save` once torch is loaded; before that nothing can hold a tensor: a plain pickle."""
-    if "torch" in sys.modules:
-        import torch
-
-        torch.save(obj, path)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def read_shard(path: Path) -> Any:
-    """A shard `write_shard` wrote: torch's format (a zip archive) or a plain pickle."""
-    if zipfile.is_zipfile(path):
-        import torch
-
-        return torch.load(path, weights_only=False)
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def holds_tensors(value: Any) -> bool:

@@ -71,11 +71,12 @@ def model_uses(cfg: ExperimentConfig) -> list[ModelUse]:
         wider = dtype if DTYPE_BYTES.get(dtype, 4) > DTYPE_BYTES.get(old.dtype, 4) else old.dtype
         out[spec] = ModelUse(old.field, spec, wider, old.server or server)
 
-    add("models.client", cfg.models.client, cfg.models.dtype)
-    for i in range(cfg.clients.count):
-        spec = cfg.models.for_client(i)
-        add(f"models.per_client.{i}" if i in cfg.models.per_client else "clients.groups[].model", spec,
-            cfg.models.dtype)
+    if any(get(name).client_model for name in cfg.strategies()):
+        add("models.client", cfg.models.client, cfg.models.dtype)
+        for i in range(cfg.clients.count):
+            spec = cfg.models.for_client(i)
+            add(f"models.per_client.{i}" if i in cfg.models.per_client else "clients.groups[].model", spec,
+                cfg.models.dtype)
     for name in cfg.strategies():
         gen = get(name).generator_model(cfg)
         field = "privacy.generator_model" if gen == cfg.privacy.generator_model else "method_params.teacher_model"
@@ -191,10 +192,13 @@ def tokenizer_notes(use: ModelUse, tokenizer: Any) -> list[str]:
 
 def check_tokenizers(cfg: ExperimentConfig, paths: dict[str, str] | None = None) -> list[str]:
     """`tokenizer_notes` for every model of the run whose folder is at hand (others: when prepared)."""
+    uses = model_uses(cfg)
+    if not uses:
+        return []  # nothing to load: transformers stays out of the driver
     from transformers import AutoTokenizer
 
     lines = []
-    for use in model_uses(cfg):
+    for use in uses:
         path = (paths or {}).get(use.spec) or _resolve(use.spec, prepare=False)
         if path is None or not Path(path).is_dir():
             continue

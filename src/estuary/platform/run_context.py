@@ -259,7 +259,5 @@ class RunContext:
         self.recorder.write_round(row)
         self.metrics.on_round(strategy.name, rnd, metrics, examples / wall_s if wall_s > 0 else 0.0)
         self.faults.maybe_kill_driver(strategy.name, rnd)  # faults.kill_driver_in_round: before the checkpoint
-        self.checkpointer.save(
-            strategy.name, rnd, self.pool.states.snapshot_chunks(), strategy.state_dict(), metrics
-        )
+        self.checkpointer.save(strategy.name, rnd, self.pool.write_shards, strategy.state_dict(), metrics)
         self._last[strategy.name] = metrics

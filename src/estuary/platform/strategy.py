@@ -80,6 +80,8 @@ class Strategy(ABC):
     # how it uses the server LLM: "" not at all, "serve" generation through the deployment, "train" also LoRA
     # training (method_params.llm_train); the preflight sizes the server model by it (estuary.platform.model_fit)
     server_use: ClassVar[str] = ""
+    # whether its clients load their SLM; False (noop) spares the run the client models' checks and imports
+    client_model: ClassVar[bool] = True
 
     def __init__(self, exp: ExperimentConfig, params: Any | None = None) -> None:
         self.exp = exp

@@ -23,6 +23,7 @@ class Noop(Strategy):
     name = "noop"
     config_class: ClassVar[type] = NoopConfig
     description = "Clients do nothing (optionally sleep): measures orchestration overhead."
+    client_model = False  # its workers never load one, and the driver never checks one
 
     def client_step(self, ctx: ClientContext, task: ClientTask) -> Egress:
         p: NoopConfig = self.params
