@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,84 @@ class ClientState:
         for t in (self.adapter or {}).values():
             total += t.numel() * t.element_size()
         return total
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (Ray's transfers), every CPU tensor of `adapter`, `optimizer` and `extra` travels in one
+        contiguous array: one zero-copy buffer instead of hundreds of tensors pickled one by one."""
+        state = dict(self.__dict__)
+        if "torch" not in sys.modules:  # nothing can hold a tensor
+            return state
+        tensors: list[Any] = []
+        for key in _PACKED:
+            state[key] = _lift(state[key], tensors)
+        if tensors:
+            state["_packed"] = _pack(tensors)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        packed = state.pop("_packed", None)
+        if packed is not None:
+            tensors = _unpack(*packed)
+            for key in _PACKED:
+                state[key] = _drop(state[key], tensors)
+        self.__dict__.update(state)
+
+
+_PACKED = ("adapter", "optimizer", "extra")  # the ClientState fields whose tensors travel packed
+_ALIGN = 64  # bytes: every packed tensor starts aligned, so each is a view of its dtype
+
+
+@dataclass(frozen=True)
+class _Slot:
+    index: int  # where a packed tensor was
+
+
+def _lift(value: Any, tensors: list[Any]) -> Any:
+    """`value` with each CPU tensor replaced by a _Slot (appended to `tensors`)."""
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
+        tensors.append(value)
+        return _Slot(len(tensors) - 1)
+    if isinstance(value, dict):
+        return type(value)((k, _lift(v, tensors)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_lift(v, tensors) for v in value)
+    return value
+
+
+def _drop(value: Any, tensors: list[Any]) -> Any:
+    if isinstance(value, _Slot):
+        return tensors[value.index]
+    if isinstance(value, dict):
+        return type(value)((k, _drop(v, tensors)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_drop(v, tensors) for v in value)
+    return value
+
+
+def _pack(tensors: list[Any]) -> tuple[Any, list[tuple[Any, tuple[int, ...], int, int]]]:
+    import torch
+
+    specs, offset = [], 0
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        specs.append((t.dtype, tuple(t.shape), offset, n))
+        offset += -(-n // _ALIGN) * _ALIGN
+    flat = torch.empty(offset, dtype=torch.uint8)
+    for t, (_dtype, _shape, start, n) in zip(tensors, specs, strict=True):
+        if n:
+            flat[start : start + n].copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
+    return flat.numpy(), specs
+
+
+def _unpack(array: Any, specs: list[tuple[Any, tuple[int, ...], int, int]]) -> list[Any]:
+    """The tensors, as views of one buffer this process owns (an array read from Ray's store is read-only)."""
+    import torch
+
+    flat = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return [flat[start : start + n].view(dtype).reshape(shape) if n else torch.empty(shape, dtype=dtype)
+            for dtype, shape, start, n in specs]
 
 
 @dataclass
