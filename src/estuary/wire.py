@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ class ClientState:
 
 
 _PACKED = ("adapter", "optimizer", "extra")  # the ClientState fields whose tensors travel packed
+_MAPPINGS = (dict, OrderedDict)  # rebuilt with their tensors lifted out (PEFT and AdamW state dicts)
 _ALIGN = 64  # bytes: every packed tensor starts aligned, so each is a view of its dtype
 
 
@@ -90,9 +92,9 @@ def _lift(value: Any, tensors: list[Any]) -> Any:
     if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
         tensors.append(value)
         return _Slot(len(tensors) - 1)
-    if isinstance(value, dict):
+    if type(value) in _MAPPINGS:  # exact types: a defaultdict or a namedtuple is left to pickle as it is
         return type(value)((k, _lift(v, tensors)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         return type(value)(_lift(v, tensors) for v in value)
     return value
 
@@ -100,9 +102,9 @@ def _lift(value: Any, tensors: list[Any]) -> Any:
 def _drop(value: Any, tensors: list[Any]) -> Any:
     if isinstance(value, _Slot):
         return tensors[value.index]
-    if isinstance(value, dict):
+    if type(value) in _MAPPINGS:
         return type(value)((k, _drop(v, tensors)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         return type(value)(_drop(v, tensors) for v in value)
     return value
 

@@ -4,11 +4,14 @@ and unpickles them as writable views of one buffer, equal to what went in."""
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict, defaultdict, namedtuple
 
 import numpy as np
 import torch
 
 from estuary.wire import ClientState
+
+Pair = namedtuple("Pair", "w n")  # module level: picklable
 
 
 def _state() -> ClientState:
@@ -54,3 +57,12 @@ def test_a_state_without_tensors_pickles_as_before() -> None:
     plain = ClientState("c001", "m", rounds_trained=1, extra={"n": 3})
     assert "_packed" not in plain.__getstate__()
     assert pickle.loads(pickle.dumps(plain)) == plain
+
+
+def test_containers_it_cannot_rebuild_keep_their_tensors_and_type() -> None:
+    extra = {"by": defaultdict(list, {"a": [torch.ones(2)]}), "pair": Pair(torch.zeros(3), 4),
+             "ordered": OrderedDict(x=torch.arange(3))}
+    back = pickle.loads(pickle.dumps(ClientState("c002", "m", extra=extra), protocol=5))
+    assert isinstance(back.extra["by"], defaultdict) and torch.equal(back.extra["by"]["a"][0], torch.ones(2))
+    assert isinstance(back.extra["pair"], Pair) and back.extra["pair"].n == 4
+    assert isinstance(back.extra["ordered"], OrderedDict) and torch.equal(back.extra["ordered"]["x"], torch.arange(3))
