@@ -68,3 +68,27 @@ def test_crosslm_data_flow(tmp_path: Path, tiny_model_dir: Path, llm: Any, serve
     assert rounds[0]["metrics"]["server/llm_start/test/accuracy"] >= 0
     clients = [c for c in read_jsonl(run_dir / "clients.jsonl") if c["strategy"] == "crosslm"]
     assert len(clients) == 8  # 2 clients × 2 phases × 2 rounds
+
+
+def test_server_released_while_the_llm_trains(tmp_path: Path, tiny_model_dir: Path, llm: Any,
+                                              server_config: Any) -> None:
+    """server.release_while_training: the run's own deployment (the reference engine, beside the session's vLLM
+    one) stops for each LLM training and comes back with every published version; round 2 generates with the
+    adapter round 1 published, through the redeployed application."""
+    from ray import serve
+
+    app = "crosslm-release-e2e"
+    job = crosslm_job(tmp_path, tiny_model_dir, server_config)
+    job["server"] = {**job["server"], "engine": "reference", "app_name": app, "release_while_training": True,
+                     "adapter_root": str(tmp_path / "adapters")}
+    job["method_params"] = {**job["method_params"], "adapter_name": "crosslm-release"}
+    run_dir = run_experiment(ExperimentConfig.model_validate(job), show_progress=False)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+    rounds = [r["metrics"] for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "crosslm"]
+    assert all(m["server/llm_train/redeploy_s"] > 0 for m in rounds)  # each training stopped the deployment
+    assert rounds[1]["server/generate/adapter_version"] == rounds[0]["server/llm/adapter_version"] >= 1
+    assert rounds[1]["server/llm/adapter_version"] == rounds[0]["server/llm/adapter_version"] + 1
+    assert all(0 <= m["server/llm/test/accuracy"] <= 1 for m in rounds)
+    assert sorted(p.name for p in (tmp_path / "adapters" / "crosslm-release").iterdir())[-1:] == ["v2"]
+    assert app not in serve.status().applications  # the run stopped what it started
+    assert "crosslm-release" not in llm.versions()  # the session's deployment was never touched

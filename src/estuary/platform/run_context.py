@@ -4,6 +4,7 @@ checkpoints, metrics and progress — so that a method never talks to Ray itself
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,7 +19,7 @@ from estuary.platform.records import Recorder
 from estuary.wire import ClientTask, RoundOutcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from estuary.client.pool import ClientPool
@@ -96,6 +97,11 @@ class ServerContext:
         return self._llm
 
     @property
+    def running(self) -> bool:
+        """Whether this context holds a deployment now (started or reused; `llm` starts one on first use)."""
+        return self._llm is not None
+
+    @property
     def run_dir(self) -> Path | None:
         return self.recorder.dir if self.recorder is not None else None
 
@@ -116,6 +122,21 @@ class ServerContext:
             stop_server(self.exp.server_config().app_name)
             self._started = False
             self._llm = None
+
+    @contextmanager
+    def released(self) -> Iterator[bool]:
+        """With server.release_while_training, stop the deployment this run started for the block (yields whether
+        it did); the next use of `llm` deploys it again, and published adapter versions, kept in adapter_root,
+        load at its start."""
+        cfg = self.exp.server_config()
+        if cfg.release_while_training and self.running and not self._started:
+            self.log(f"[yellow]server.release_while_training: the Serve application {cfg.app_name!r} was running "
+                     "before this run, so it stays up[/yellow]")
+        release = cfg.release_while_training and (self._started or not self.running)
+        if release and self._started:
+            self.log("[dim]server LLM: stopped while the LLM trains (server.release_while_training)[/dim]")
+            self.close()
+        yield release
 
     def evaluate(self) -> dict[str, float]:
         if self.model_path is None:

@@ -89,6 +89,12 @@ class ServerConfig(BaseModel):
     adapter_root: str | None = Field(
         None, description="Folder of published adapter versions (default: <estuary cache>/server-adapters/<app_name>)."
     )
+    release_while_training: bool = Field(
+        False, description="Stop the deployment while a method trains the served LLM's adapter (Ray Train) and "
+        "deploy it again after, published versions intact (they live in adapter_root): the served model and its "
+        "training job never hold memory together, for one redeploy per training. A Qwen2.5-Coder-1.5B server "
+        "(11.2 GiB replica) and its 1.5B training job do not fit a 24 GiB node together."
+    )
     resources: ServerResources = Field(
         default_factory=ServerResources, description="Ray resources of each replica: num_cpus (default 0), num_gpus "
         "(0 = CPU host, a fraction shares one GPU, n whole GPUs = tensor parallel), custom (e.g. {estuary_server: 1})."
