@@ -79,8 +79,8 @@ def test_server_released_while_the_llm_trains(tmp_path: Path, tiny_model_dir: Pa
 
     app = "crosslm-release-e2e"
     job = crosslm_job(tmp_path, tiny_model_dir, server_config)
-    job["server"] = {**job["server"], "engine": "reference", "app_name": app, "release_while_training": True,
-                     "adapter_root": str(tmp_path / "adapters")}
+    job["server"] = {**job["server"], "engine": "reference", "app_name": app, "route_prefix": "/release",
+                     "release_while_training": True, "adapter_root": str(tmp_path / "adapters")}
     job["method_params"] = {**job["method_params"], "adapter_name": "crosslm-release"}
     run_dir = run_experiment(ExperimentConfig.model_validate(job), show_progress=False)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
