@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from bench.claims_diagnostics import check_diagnostic, check_reading
 from estuary.platform.records import read_jsonl, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,8 @@ class Method:
     compare: list[str]  # baselines the text compares with ("strategy:variant" for an in-run twin)
     trains_llm: bool
     claim: dict[str, Any]  # text (quoted from the issue), baseline, gain (points or PPL)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # bench/claims_diagnostics.py
+    reading: str | None = None  # what the diagnostics say about the gains, without numbers
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,10 @@ class Run:
 def load_grid(path: Path = GRID) -> Grid:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     methods = {name: Method(name=name, title=m["title"], compare=list(m["compare"]),
-                            trains_llm=bool(m.get("trains_llm")), claim=dict(m["claim"]))
+                            trains_llm=bool(m.get("trains_llm")), claim=dict(m["claim"]),
+                            diagnostics=[check_diagnostic(f"{path}: {name}", dict(d))
+                                         for d in m.get("diagnostics", [])],
+                            reading=check_reading(f"{path}: {name}", m.get("reading")))
                for name, m in raw["methods"].items()}
     cells = {}
     for name, c in raw["cells"].items():

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bench.claims_diagnostics import diagnostics_lines
 from estuary.platform.report import (
     CLASSIFICATION_COLUMNS,
     GENERATION_COLUMNS,
@@ -245,7 +246,11 @@ def method_section(method: Method, grid: Grid, runs: dict[str, dict[int, Run]],
         lines += method_table(recorded, runs, PPL_COLUMNS if generation else ACC_COLUMNS)
     else:
         lines.append("No records yet.")
-    lines += ["", comparison_text(method, cells, runs), "", "Commands (S: the seed):", ""]
+    lines += diagnostics_lines(method.diagnostics, recorded, runs)
+    lines += ["", comparison_text(method, cells, runs)]
+    if method.reading and recorded:
+        lines += ["", f"Reading (by whoever ran the grid, from the quantities above): {method.reading}"]
+    lines += ["", "Commands (S: the seed):", ""]
     for c in cells:
         note = f"; {c.note}" if c.note else ""
         source = f"; baselines from `{c.baselines_from}`" if c.baselines_from else ""

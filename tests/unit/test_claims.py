@@ -220,3 +220,37 @@ def test_run_copies_only_the_four_record_files(grid_path: Path, tmp_path: Path,
     assert run_cell(cell, 2, tmp_path / "results", tmp_path / "runs", dry_run=True) == 0
     assert ("estuary run jobs/fdkt-sst2.yaml --set privacy.target_epsilon=1 --set 'baselines=[]' --set seed=2"
             in capsys.readouterr().out)
+
+
+def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(grid_path: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A method's diagnostics: a per-round metric summed (or as a share), a final-metric difference, the client
+    sizes, each mean ± std over seeds; its reading shows below; a reading with a digit is refused."""
+    diag = """    diagnostics:
+      - {label: sizes, summary: client_train_examples}
+      - {label: kept share, strategy: fdkt, metric: server/kept, per: server/input}
+      - {label: sent per round, strategy: fdkt, metric: server/sent, reduce: mean}
+      - {label: acc minus f1, strategy: standalone, metric: client/test/accuracy/mean,
+         minus: client/test/macro_f1/mean, scale: 100}
+    reading: the skew, not the transfer.
+"""
+    grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", diag + "    claim: {text: \"FDKT", 1))
+    results = tmp_path / "results"
+    for seed, kept in enumerate([(6, 8), (8, 8)]):
+        rounds = [{"strategy": "fdkt", "round": r, "metrics": {"server/kept": kept[r - 1], "server/input": 8,
+                                                                "server/sent": 10 * r}} for r in (1, 2)]
+        d = write_run(results, "fdkt-a", seed, {"fdkt": metrics(0.7, 0.6), "standalone": metrics(0.6, 0.5 - seed / 10)},
+                      rounds=rounds)
+        summary = json.loads((d / "summary.json").read_text())
+        summary["client_sizes"] = {"c000": [100 + seed, 10], "c001": [200, 10]}
+        (d / "summary.json").write_text(json.dumps(summary))
+    text = page(grid_path, results)
+    assert "| `fdkt-a` | sizes | 2 | 150.2 ± 0.4 |" in text  # 150 and 150.5
+    assert "| `fdkt-a` | kept share | 2 | 0.938 ± 0.088 |" in text  # (6+8)/16 and (8+8)/16
+    assert "| `fdkt-a` | sent per round | 2 | 15.0 ± 0.0 |" in text
+    assert "| `fdkt-a` | acc minus f1 | 2 | 15.0 ± 7.1 |" in text
+    assert "Reading (by whoever ran the grid, from the quantities above): the skew, not the transfer." in text
+    grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", "    reading: gains 5 points.\n"
+                                      "    claim: {text: \"FDKT", 1))
+    with pytest.raises(ValueError, match="reading holds a number"):
+        load_grid(grid_path)

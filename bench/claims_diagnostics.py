@@ -1,0 +1,83 @@
+"""What the results page's reasons rest on: per method, measured quantities read from each cell's run records
+(rounds.jsonl and summary.json), shown as mean ± std over seeds below the method's table, and the method's
+`reading` (text written by whoever ran the grid, which may not hold a number: numbers come from records).
+
+A diagnostic in results/grid.yaml (under a method's `diagnostics:`) is one of
+- `{label, strategy, metric[, per][, reduce]}`: a strategy's per-round metric from rounds.jsonl, summed over the
+  rounds (`reduce: mean` averages them); with `per`, divided by that metric's sum (a share);
+- `{label, strategy, metric, minus[, scale]}`: a strategy's final metric (summary.json) minus another, × scale;
+- `{label, summary: client_train_examples}`: the mean number of private train examples per client.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.claims import Cell, Run
+
+KINDS = ("metric", "summary")
+
+
+def check_diagnostic(where: str, d: dict[str, Any]) -> dict[str, Any]:
+    """The diagnostic as written, or ValueError naming what is wrong with it."""
+    if "label" not in d:
+        raise ValueError(f"{where}: a diagnostic needs a label")
+    if "summary" in d:
+        if d["summary"] != "client_train_examples":
+            raise ValueError(f"{where}: summary: {d['summary']!r}; the one known is client_train_examples")
+        return d
+    if "strategy" not in d or "metric" not in d:
+        raise ValueError(f"{where}: diagnostic {d['label']!r} needs strategy and metric (or summary)")
+    if d.get("reduce", "sum") not in ("sum", "mean"):
+        raise ValueError(f"{where}: diagnostic {d['label']!r}: reduce is sum or mean")
+    return d
+
+
+def check_reading(where: str, text: str | None) -> str | None:
+    """A reading may not hold a number: the page's numbers come from the records, so they cannot go stale."""
+    if text is not None and re.search(r"\d", text):
+        raise ValueError(f"{where}: reading holds a number ({text[:60]!r}...); cite a diagnostic instead")
+    return text
+
+
+def value(d: dict[str, Any], run: Run) -> float | None:
+    """One run's value of a diagnostic (None: the run lacks it)."""
+    if d.get("summary") == "client_train_examples":
+        sizes = run.summary.get("client_sizes") or {}
+        return statistics.fmean(float(s[0]) for s in sizes.values()) if sizes else None
+    if "minus" in d:
+        metrics = run.summary.get("strategies", {}).get(d["strategy"], {}).get("metrics", {})
+        if d["metric"] not in metrics or d["minus"] not in metrics:
+            return None
+        return (float(metrics[d["metric"]]) - float(metrics[d["minus"]])) * float(d.get("scale", 1.0))
+    rows = [r.get("metrics", {}) for r in run.rounds if r.get("strategy") == d["strategy"]]
+    vals = [float(m[d["metric"]]) for m in rows if d["metric"] in m]
+    if not vals:
+        return None
+    total = statistics.fmean(vals) if d.get("reduce", "sum") == "mean" else sum(vals)
+    if "per" in d:
+        per = sum(float(m[d["per"]]) for m in rows if d["per"] in m)
+        return total / per if per else None
+    return total
+
+
+def diagnostics_lines(diagnostics: list[dict[str, Any]], cells: list[Cell], runs: dict[str, dict[int, Run]]
+                      ) -> list[str]:
+    """The table of a method's diagnostics per recorded cell (mean ± std over seeds, n); [] when none."""
+    from bench.claims_page import stat
+
+    rows = []
+    for cell in cells:
+        for d in diagnostics:
+            vals = [v for run in runs.get(cell.name, {}).values() if (v := value(d, run)) is not None]
+            if (st := stat(vals)) is not None:
+                digits = 1 if abs(st.mean) >= 10 else 3
+                text = f"{st.mean:.{digits}f}" + (f" ± {st.std:.{digits}f}" if st.n > 1 else "")
+                rows.append(f"| `{cell.name}` | {d['label']} | {st.n} | {text} |")
+    if not rows:
+        return []
+    return ["", "Measured alongside (from the same run records; mean ± std over seeds):", "",
+            "| cell | quantity | n | value |", "|---|---|---|---|", *rows]
