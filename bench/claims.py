@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from bench.claims_diagnostics import check_diagnostic, check_reading
+from bench.claims_diagnostics import Reading, check_diagnostic, check_reading
 from estuary.platform.records import read_jsonl, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ class Method:
     trains_llm: bool
     claim: dict[str, Any]  # text (quoted from the issue), baseline, gain (points or PPL)
     diagnostics: list[dict[str, Any]] = field(default_factory=list)  # bench/claims_diagnostics.py
-    reading: str | None = None  # what the diagnostics say about the gains, without numbers
+    reading: Reading | None = None  # what the diagnostics say about the gains, without numbers
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """What the results page's reasons rest on: per method, measured quantities read from each cell's run records
 (rounds.jsonl and summary.json), shown as mean ± std over seeds below the method's table, and the method's
-`reading` (text written by whoever ran the grid, which may not hold a number: numbers come from records).
+`reading` (text written by whoever ran the grid, which may not hold a number: numbers come from records; the
+page flags a reading written against fewer runs than are recorded).
 
 A diagnostic in results/grid.yaml (under a method's `diagnostics:`) is one of
 - `{label, strategy, metric[, per][, reduce]}`: a strategy's per-round metric from rounds.jsonl, summed over the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,11 +38,31 @@ def check_diagnostic(where: str, d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def check_reading(where: str, text: str | None) -> str | None:
-    """A reading may not hold a number: the page's numbers come from the records, so they cannot go stale."""
-    if text is not None and re.search(r"\d", text):
-        raise ValueError(f"{where}: reading holds a number ({text[:60]!r}...); cite a diagnostic instead")
-    return text
+@dataclass(frozen=True)
+class Reading:
+    text: str  # no number outside `code` spans (cell and metric names): numbers come from the records
+    runs: int  # the method's recorded runs it was written against; the page flags a reading older than its runs
+
+
+def check_reading(where: str, raw: Any) -> Reading | None:
+    """A method's `reading: {text, runs}` as written, or ValueError naming what is wrong with it."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("text"), str) or not isinstance(raw.get("runs"), int):
+        raise ValueError(f"{where}: reading is {{text: ..., runs: N}} (N: the recorded runs it was written against)")
+    if re.search(r"\d", re.sub(r"`[^`]*`", "", raw["text"])):
+        raise ValueError(f"{where}: reading holds a number ({raw['text'][:60]!r}...); cite a diagnostic instead")
+    return Reading(raw["text"], raw["runs"])
+
+
+def reading_lines(reading: Reading | None, runs: int) -> list[str]:
+    """The reading below a method's numbers, flagged when runs were recorded after it was written."""
+    if reading is None or not runs:
+        return []
+    stale = "" if reading.runs == runs else (f" (**written against {reading.runs} recorded run"
+                                              f"{'s' if reading.runs != 1 else ''} of this method; {runs} are "
+                                              "recorded now: it may no longer hold**)")
+    return ["", f"Reading (by whoever ran the grid, from the quantities above{stale}): {reading.text}"]
 
 
 def value(d: dict[str, Any], run: Run) -> float | None:

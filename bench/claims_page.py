@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bench.claims_diagnostics import diagnostics_lines
+from bench.claims_diagnostics import diagnostics_lines, reading_lines
 from estuary.platform.report import (
     CLASSIFICATION_COLUMNS,
     GENERATION_COLUMNS,
@@ -248,8 +248,7 @@ def method_section(method: Method, grid: Grid, runs: dict[str, dict[int, Run]],
         lines.append("No records yet.")
     lines += diagnostics_lines(method.diagnostics, recorded, runs)
     lines += ["", comparison_text(method, cells, runs)]
-    if method.reading and recorded:
-        lines += ["", f"Reading (by whoever ran the grid, from the quantities above): {method.reading}"]
+    lines += reading_lines(method.reading, sum(len(runs[c.name]) for c in recorded))
     lines += ["", "Commands (S: the seed):", ""]
     for c in cells:
         note = f"; {c.note}" if c.note else ""

@@ -232,7 +232,7 @@ def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(g
       - {label: sent per round, strategy: fdkt, metric: server/sent, reduce: mean}
       - {label: acc minus f1, strategy: standalone, metric: client/test/accuracy/mean,
          minus: client/test/macro_f1/mean, scale: 100}
-    reading: the skew, not the transfer.
+    reading: {text: "the skew in `fdkt-a`, not the transfer.", runs: 2}
 """
     grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", diag + "    claim: {text: \"FDKT", 1))
     results = tmp_path / "results"
@@ -249,8 +249,11 @@ def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(g
     assert "| `fdkt-a` | kept share | 2 | 0.938 ± 0.088 |" in text  # (6+8)/16 and (8+8)/16
     assert "| `fdkt-a` | sent per round | 2 | 15.0 ± 0.0 |" in text
     assert "| `fdkt-a` | acc minus f1 | 2 | 15.0 ± 7.1 |" in text
-    assert "Reading (by whoever ran the grid, from the quantities above): the skew, not the transfer." in text
-    grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", "    reading: gains 5 points.\n"
+    assert ("Reading (by whoever ran the grid, from the quantities above): the skew in `fdkt-a`, not the "
+            "transfer.") in text
+    write_run(results, "fdkt-a", 2, {"fdkt": metrics(0.7, 0.6)})
+    assert "(**written against 2 recorded runs of this method; 3 are recorded now" in page(grid_path, results)
+    grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", "    reading: {text: gains 5 points, runs: 1}\n"
                                       "    claim: {text: \"FDKT", 1))
     with pytest.raises(ValueError, match="reading holds a number"):
         load_grid(grid_path)
