@@ -236,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("write", help="write docs/results.md from the records")
     sub.add_parser("check", help="exit 1 when docs/results.md differs from what write would produce")
     args = p.parse_args(argv)
-    return {"run": cmd_run, "write": cmd_write, "check": cmd_check}[args.command](args)
+    try:
+        return {"run": cmd_run, "write": cmd_write, "check": cmd_check}[args.command](args)
+    except (ValueError, KeyError, yaml.YAMLError) as exc:  # a malformed grid: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -257,3 +257,13 @@ def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(g
                                       "    claim: {text: \"FDKT", 1))
     with pytest.raises(ValueError, match="reading holds a number"):
         load_grid(grid_path)
+
+
+def test_a_malformed_grid_is_one_line_and_exit_2(grid_path: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    claim = "    claim: {text: \"FDKT"
+    grid_path.write_text(GRID.replace(claim, "    reading: {text: no runs}\n" + claim, 1))
+    args = ["--grid", str(grid_path), "--results", str(tmp_path), "--page", str(tmp_path / "p.md")]
+    assert main([*args, "write"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "reading is {text: ..., runs: N}" in err
