@@ -96,7 +96,7 @@ def diagnostics_lines(diagnostics: list[dict[str, Any]], cells: list[Cell], runs
         for d in diagnostics:
             vals = [v for run in runs.get(cell.name, {}).values() if (v := value(d, run)) is not None]
             if (st := stat(vals)) is not None:
-                digits = 1 if abs(st.mean) >= 10 else 3
+                digits = 1 if abs(st.mean) >= 10 or "minus" in d else 3  # points and counts: one decimal
                 text = f"{st.mean:.{digits}f}" + (f" ± {st.std:.{digits}f}" if st.n > 1 else "")
                 rows.append(f"| `{cell.name}` | {d['label']} | {st.n} | {text} |")
     if not rows:
