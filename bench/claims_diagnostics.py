@@ -59,9 +59,9 @@ def reading_lines(reading: Reading | None, runs: int) -> list[str]:
     """The reading below a method's numbers, flagged when runs were recorded after it was written."""
     if reading is None or not runs:
         return []
-    stale = "" if reading.runs == runs else (f" (**written against {reading.runs} recorded run"
-                                              f"{'s' if reading.runs != 1 else ''} of this method; {runs} are "
-                                              "recorded now: it may no longer hold**)")
+    stale = "" if reading.runs == runs else (f"; **written against {reading.runs} recorded run"
+                                              f"{'s' if reading.runs != 1 else ''} of this method, {runs} are "
+                                              "recorded now: it may no longer hold**")
     return ["", f"Reading (by whoever ran the grid, from the quantities above{stale}): {reading.text}"]
 
 

@@ -252,7 +252,7 @@ def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(g
     assert ("Reading (by whoever ran the grid, from the quantities above): the skew in `fdkt-a`, not the "
             "transfer.") in text
     write_run(results, "fdkt-a", 2, {"fdkt": metrics(0.7, 0.6)})
-    assert "(**written against 2 recorded runs of this method; 3 are recorded now" in page(grid_path, results)
+    assert "; **written against 2 recorded runs of this method, 3 are recorded now" in page(grid_path, results)
     grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", "    reading: {text: gains 5 points, runs: 1}\n"
                                       "    claim: {text: \"FDKT", 1))
     with pytest.raises(ValueError, match="reading holds a number"):
