@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.claims import Cell, Run
 
-KINDS = ("metric", "summary")
-
 
 def check_diagnostic(where: str, d: dict[str, Any]) -> dict[str, Any]:
     """The diagnostic as written, or ValueError naming what is wrong with it."""

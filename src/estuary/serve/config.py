@@ -92,8 +92,8 @@ class ServerConfig(BaseModel):
     release_while_training: bool = Field(
         False, description="Stop the deployment while a method trains the served LLM's adapter (Ray Train) and "
         "deploy it again after, published versions intact (they live in adapter_root): the served model and its "
-        "training job never hold memory together, for one redeploy per training. A Qwen2.5-Coder-1.5B server "
-        "(11.2 GiB replica) and its 1.5B training job do not fit a 24 GiB node together."
+        "training job never hold memory together, for one redeploy per training (on a 24 GiB node a served "
+        "Qwen2.5-Coder-1.5B and its training job, about 9 GiB each, leave too little for the clients)."
     )
     resources: ServerResources = Field(
         default_factory=ServerResources, description="Ray resources of each replica: num_cpus (default 0), num_gpus "
