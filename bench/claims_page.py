@@ -190,10 +190,12 @@ def claim_sentence(method: Method, cells: list[Cell], runs: dict[str, dict[int, 
         return f"{quoted}; not measured here yet."
     best = max(gains, key=lambda g: g.delta)
     unit = "PPL" if generation else "points"
-    verdict = "at or above" if best.delta >= float(claim["gain"]) else "below"
     who = BASELINE_NAMES.get(claim["baseline"], claim["baseline"])
-    return (f"{quoted}; the largest gain measured here over {who} is {gain_text(best, generation)}, {verdict} "
-            f"the claimed {float(claim['gain']):g} {unit}.")
+    measured = f"{quoted}; the largest gain measured here over {who} is {gain_text(best, generation)}"
+    if float(claim["gain"]) == 0.0:  # a claim of direction only ("SLMs up"): no size to compare against
+        return f"{measured}, {'a gain, as claimed' if best.delta > 0 else 'no gain, unlike the claim'}."
+    verdict = "at or above" if best.delta >= float(claim["gain"]) else "below"
+    return f"{measured}, {verdict} the claimed {float(claim['gain']):g} {unit}."
 
 
 def comparison_text(method: Method, cells: list[Cell], runs: dict[str, dict[int, Run]]) -> str:

@@ -177,6 +177,9 @@ def test_llm_sentence_reads_round_zero_from_rounds_jsonl(grid_path: Path, tmp_pa
     assert ("The server LLM's test accuracy, before the first round → after the last: 0.760 ± 0.000 → 0.805 ± 0.007 "
             "on `fedmkt-a` (zero-shot LLM 0.760 ± 0.000, `llm_centralized` 0.790 ± 0.000).") in text
     assert "No recorded cell of FedMKT has `fedavg` to compare with." in text
+    # a claim of direction only ("SLMs up", gain 0) is met or not, never "at or above the claimed 0 points"
+    assert ("standalone is +5.0 points on `fedmkt-a` (n = 2; outside the seed spread of 0.0 points), a gain, "
+            "as claimed.") in text and "claimed 0" not in text
 
 
 def test_latest_complete_run_per_seed_counts(grid_path: Path, tmp_path: Path) -> None:
