@@ -25,8 +25,10 @@ ACC_COLUMNS = [(t, k) for t, k in CLASSIFICATION_COLUMNS if t != "SLM own-eval a
 PPL_COLUMNS = [(t, k) for t, k in GENERATION_COLUMNS if t == "SLM test PPL"]
 SLM_ACC, SLM_PPL = "client/test/accuracy/mean", "client/test/perplexity/mean"
 LLM_ACC, LLM_START = "server/llm/test/accuracy|server/test/accuracy", "server/llm_start/test/accuracy"
-RULE = ("A difference between two rows counts as outside the seed spread when its size exceeds the sum of the two "
-        "rows' standard deviations over the seeds both have (n ≥ 2 each); with one seed the spread is unknown.")
+RULE = ("A method and its baselines share each seed's splits and test sample, so they are compared seed by seed: "
+        "a gain is the mean over the seeds both have of the per-seed difference, and it counts as outside the seed "
+        "spread when its size exceeds the standard deviation of those differences (n ≥ 2); with one seed the "
+        "spread is unknown.")
 BASELINE_NAMES = {"standalone": "standalone", "fedavg": "`fedavg`", "zero_shot": "the zero-shot SLM",
                   "dp_standalone": "the DP-SGD student (`dp_standalone`)",
                   "distildp:hard_labels": "its hard-label-only twin"}
@@ -112,7 +114,7 @@ def method_table(cells: list[Cell], runs: dict[str, dict[int, Run]], columns: li
 class Gain:
     cell: str
     delta: float  # method − baseline in points (accuracy) or baseline − method in PPL: positive is better
-    spread: float
+    spread: float  # std over the seeds of the per-seed difference
     n: int
     outside: bool | None  # None: fewer than two seeds
 
@@ -124,19 +126,17 @@ def gain(cell: Cell, baseline: str, runs: dict[str, dict[int, Run]], generation:
     source = cell.name if own or cell.baselines_from is None else cell.baselines_from
     spec = SLM_PPL if generation else SLM_ACC
     mine, theirs = per_seed(runs.get(cell.name, {}), cell.method, spec), per_seed(runs.get(source, {}), baseline, spec)
-    seeds = sorted(mine.keys() & theirs.keys())
-    m, b = stat(mine[s] for s in seeds), stat(theirs[s] for s in seeds)
-    if m is None or b is None:
+    sign, scale = (-1.0, 1.0) if generation else (1.0, 100.0)  # positive is better: PPL lower, accuracy higher
+    diff = stat(sign * scale * (mine[s] - theirs[s]) for s in sorted(mine.keys() & theirs.keys()))
+    if diff is None:
         return None
-    scale = 1.0 if generation else 100.0
-    delta = (b.mean - m.mean if generation else m.mean - b.mean) * scale
-    spread = (m.std + b.std) * scale
-    return Gain(cell.name, delta, spread, len(seeds), abs(delta) > spread if len(seeds) > 1 else None)
+    return Gain(cell.name, diff.mean, diff.std, diff.n, abs(diff.mean) > diff.std if diff.n > 1 else None)
 
 
 def gain_text(g: Gain, generation: bool) -> str:
-    size = (f"{abs(g.delta):.2f} PPL {'lower' if g.delta >= 0 else 'higher'}" if generation
-            else f"{g.delta:+.1f} points")
+    shown = round(g.delta, 2 if generation else 1) + 0.0  # + 0.0: a float-noise -0.0 shows as +0.0
+    size = (f"{abs(shown):.2f} PPL {'lower' if shown >= 0 else 'higher'}" if generation
+            else f"{shown:+.1f} points")
     unit = " PPL" if generation else " points"
     if g.outside is None:
         noise = "one seed, spread unknown"
@@ -172,7 +172,7 @@ def llm_sentence(cells: list[Cell], runs: dict[str, dict[int, Run]]) -> str:
             continue
         start = {s: float(r["metrics"][LLM_START]) for s, run in own.items() for r in run.rounds
                  if r.get("strategy") == cell.method and LLM_START in r.get("metrics", {})}
-        base = runs.get(cell.baselines_from or cell.name, {})
+        base = {s: r for s, r in runs.get(cell.baselines_from or cell.name, {}).items() if s in own}  # same seeds
         parts.append(f"{mean_text(start)} → {mean_text(after)} on `{cell.name}` (zero-shot LLM "
                      f"{mean_text(per_seed(base, 'zero_shot', LLM_ACC))}, `llm_centralized` "
                      f"{mean_text(per_seed(base, 'llm_centralized', LLM_ACC))})")

@@ -140,17 +140,29 @@ def test_comparison_sentences_follow_the_numbers(grid_path: Path, tmp_path: Path
     write_run(tmp_path / "results", "fdkt-b", 0, {"fdkt": metrics(0.61, 0.6)}, eps=1.0)
     text = page(grid_path, tmp_path / "results")
     para = next(p for p in text.split("\n\n") if p.startswith("Against standalone"))
-    # fdkt-a: 0.720 ± 0.020 against 0.620 ± 0.020: +10.0 points, spread 4.0; fdkt-b takes fdkt-a's seed-0
+    # fdkt-a: +10 points over standalone at every seed (a paired spread of 0); fdkt-b takes fdkt-a's seed-0
     # standalone (0.60): one seed
     assert ("Against standalone, the SLM test accuracy is +10.0 points on `fdkt-a` (n = 3; outside the seed "
-            "spread of 4.0 points); +1.0 points on `fdkt-b` (n = 1; one seed, spread unknown).") in para
-    # fedavg 0.720 ± 0.053: level with FDKT, within the spread (2.0 + 5.3 points)
+            "spread of 0.0 points); +1.0 points on `fdkt-b` (n = 1; one seed, spread unknown).") in para
+    # against fedavg the per-seed differences are +2, +2, -4 points: mean 0, std 3.5
     assert ("Against `fedavg`, the SLM test accuracy is +0.0 points on `fdkt-a` (n = 3; within the seed spread of "
-            "7.3 points)") in para
+            "3.5 points)") in para
     assert "Against the zero-shot SLM, the SLM test accuracy is -3.0 points on `fdkt-a`" in para
     assert ("The paper claims “FDKT ≈ +5 % over local training at ε < 10”; the largest gain measured here over "
             "standalone is +10.0 points on `fdkt-a`") in para and para.endswith("at or above the claimed 5 points.")
     assert 3 <= para.count(". ") + 1 <= 5
+
+
+def test_gains_are_paired_by_seed_so_a_shift_shared_by_every_row_is_not_noise(grid_path: Path,
+                                                                             tmp_path: Path) -> None:
+    # each seed's test sample is easier than the last: every row moves 10 points, FDKT stays 5 above standalone
+    for seed, shift in enumerate((0.0, 0.1, 0.2)):
+        write_run(tmp_path / "results", "fdkt-a", seed, {
+            "fdkt": metrics(0.70 + shift, 0.6), "standalone": metrics(0.65 + shift, 0.5)}, eps=3.0)
+    text = page(grid_path, tmp_path / "results")
+    assert "| `fdkt-a` | standalone | 3 | 0.750 ± 0.100 |" in text  # each row's own spread is 10 points
+    assert ("Against standalone, the SLM test accuracy is +5.0 points on `fdkt-a` (n = 3; outside the seed spread "
+            "of 0.0 points).") in text
 
 
 def test_generation_cells_compare_perplexity_and_the_hard_label_twin(grid_path: Path, tmp_path: Path) -> None:
