@@ -3,10 +3,11 @@
     python -m bench.worker_memory [--job jobs/fdkt-agnews.yaml] [--clients c001 c003] [--rounds 1] [--set K=V ...]
 
 One `ClientWorker` in this process (no Ray: the `run_task` a pool worker serves) runs the job's method for each
-client and round, in order, as one pool worker would serve them. Around the worker's `release_freed_memory()` it
-records resident memory just before the call (what the worker would keep without it, the baseline) and just
-after (what it keeps), and the process's peak so far. Default: FDKT on AG News, whose first task per client
-DP-trains a generator (about 8 minutes each on this machine). Writes bench/results/worker_memory.json.
+client and round, in order, as one pool worker would serve them. Around the worker's `release_after()` (it
+releases after any task over a second) it records resident memory just before the release (what the worker
+would keep without it, the baseline) and just after (what it keeps), and the process's peak so far. Default:
+FDKT on AG News, whose first task per client DP-trains a generator (minutes each on this machine). Writes
+bench/results/worker_memory.json.
 """
 
 from __future__ import annotations
@@ -37,16 +38,16 @@ def main() -> None:
     strategy = get(cfg.method)
     planner = strategy(cfg, params_for(strategy, cfg.params_of(cfg.method)))  # the driver's copy: it plans tasks
     worker = worker_mod.ClientWorker(cfg.model_dump_json(), paths, "bench", torch_threads=1)
-    release = worker_mod.release_freed_memory
+    release = worker_mod.release_after
     seen: list[tuple[float, float]] = []
 
-    def measured_release() -> bool:
+    def measured_release(task_seconds: float) -> bool:
         before = rss_mib()
-        released = release()
+        released = release(task_seconds)
         seen.append((before, rss_mib()))
         return released
 
-    worker_mod.release_freed_memory = measured_release  # type: ignore[assignment]
+    worker_mod.release_after = measured_release  # type: ignore[assignment]
     rows: list[dict[str, Any]] = []
     states: dict[str, Any] = {}
     start_mib = rss_mib()

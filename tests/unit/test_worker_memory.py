@@ -39,3 +39,14 @@ def test_freed_heap_goes_back_to_the_os() -> None:
 def test_release_is_safe_to_call_repeatedly() -> None:
     for _ in range(3):
         assert isinstance(release_freed_memory(), bool)
+
+
+def test_short_tasks_skip_the_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    import estuary.client.memory as memory
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append(1) or True)
+    assert memory.release_after(memory.RELEASE_AFTER_S / 10) is False
+    assert calls == []
+    assert memory.release_after(memory.RELEASE_AFTER_S) is True
+    assert calls == [1]

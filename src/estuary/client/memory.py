@@ -33,6 +33,16 @@ def _glibc() -> Any | None:
     return lib
 
 
+RELEASE_AFTER_S = 1.0  # tasks shorter than this skip the release: a no-op client's task costs tens of µs
+
+
+def release_after(task_seconds: float) -> bool:
+    """`release_freed_memory()` after a task that ran `task_seconds`, if it ran long enough to have built a
+    peak worth returning (training, sampling); a trim costs ~10 µs on a small heap, more on a large one, so a
+    round of cheap tasks (bench.peer_flower's no-op clients) is left as it was."""
+    return release_freed_memory() if task_seconds >= RELEASE_AFTER_S else False
+
+
 def release_freed_memory() -> bool:
     """Give free heap pages back to the OS; True when the C library released some. (No `gc.collect()`: tensors
     are freed by reference counting, and a full collection per task would cost tiny tasks more than the trim.)"""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from estuary.client.memory import release_freed_memory
+from estuary.client.memory import release_after
 from estuary.wire import ClientState, ClientTask, Egress, TaskError, error_line
 
 if TYPE_CHECKING:  # workers get the strategy class with each task; they never import the platform
@@ -140,7 +140,7 @@ class ClientWorker:
         if group is not None and group.slowdown_s:
             time.sleep(group.slowdown_s)  # a simulated slow device (clients.groups[].slowdown_s)
         del ctx
-        release_freed_memory()  # the step's peak (e.g. DP training) is not kept resident for the next client
+        release_after(time.perf_counter() - t0)  # the step's peak (e.g. DP training) is not kept for the next client
         egress.wall_s = time.perf_counter() - t0
         self.tasks_done += 1
         return egress, state
