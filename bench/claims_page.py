@@ -82,6 +82,13 @@ def row_strategies(cell: Cell, runs: dict[int, Run], columns: list[tuple[str, st
     return [cell.method, *variants, *cell.baselines]
 
 
+def strategy_wall_s(run: Run, name: str) -> float:
+    """The strategy's wall time in a run: its summary's, but never less than its recorded rounds took (a run
+    resumed after a crash by code before 2026-12-06 counted only what the resumed driver ran)."""
+    rounds = sum(float(r.get("wall_s", 0.0)) for r in run.rounds if r.get("strategy") == name)
+    return max(float(run.summary["strategies"][name].get("wall_s", 0.0)), rounds)
+
+
 def table_row(cell: Cell, strategy: str, runs: dict[int, Run], columns: list[tuple[str, str]]) -> str | None:
     name, _, variant = strategy.partition(":")
     present = {s: r for s, r in runs.items() if name in r.summary.get("strategies", {})}
@@ -90,7 +97,7 @@ def table_row(cell: Cell, strategy: str, runs: dict[int, Run], columns: list[tup
     cells = [(st.text() if (st := stat(per_seed(present, strategy, spec).values())) else "—") for _, spec in columns]
     eps = [e for r in present.values() if (e := epsilon_reached(r.summary, name)) is not None]
     eps_text = ("∞" if max(eps) == float("inf") else f"{max(eps):.2f}") if eps else "—"
-    walls = [float(r.summary["strategies"][name].get("wall_s", 0.0)) for r in present.values()]
+    walls = [strategy_wall_s(r, name) for r in present.values()]
     incomplete = any(not r.summary["strategies"][name].get("complete", True) for r in present.values())
     label = f"{name}: {variant}" if variant else name
     label += " (incomplete)" if incomplete else ""
@@ -228,7 +235,8 @@ def header(grid: Grid, runs: dict[str, dict[int, Run]]) -> list[str]:
         " `baselines_from`, beside another cell's run of the same seed and splits). Numbers are mean ± std over"
         " seeds; n is the number of seeds. SLM columns are the mean over the clients of the global test split;"
         " the LLM column is the served LLM's test accuracy (the zero-shot row: before any training). ε reached is"
-        " the largest ε any client's ledger reached; wall s is the strategy's wall time (mean over seeds). " + RULE,
+        " the largest ε any client's ledger reached; wall s is the strategy's wall time (mean over seeds; a"
+        " resumed run's counts its rounds before the crash). " + RULE,
         "", "| cell | method | setting | seeds recorded | job |", "|---|---|---|---|---|",
     ]
     for c in grid.cells.values():

@@ -65,6 +65,9 @@ def test_driver_killed_then_resume_matches_uninterrupted(tmp_path: Path, tiny_mo
         assert b["strategies"]["dp_standalone"]["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert _client_rounds(part) == _client_rounds(full) == {(r, f"c00{i}"): 1 for r in (1, 2) for i in range(3)}
     assert _client_rounds(part, "privacy.jsonl") == _client_rounds(full, "privacy.jsonl")
+    # the strategy's time counts round 1, run before the kill, as well as what the resumed driver ran
+    round_walls = [r["wall_s"] for r in rows(part / "rounds.jsonl") if r["strategy"] == "dp_standalone"]
+    assert len(round_walls) == 2 and b["strategies"]["dp_standalone"]["wall_s"] >= sum(round_walls) - 0.01
     losses = {(r["round"], r["client"]): r["loss_last"] for r in rows(full / "clients.jsonl")}
     for r in rows(part / "clients.jsonl"):
         assert r["loss_last"] == pytest.approx(losses[(r["round"], r["client"])], abs=1e-6)

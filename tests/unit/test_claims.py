@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.claims import RECORD_FILES, collect, copy_records, load_grid, main, missing, run_cell
-from bench.claims_page import render_page
+from bench.claims import RECORD_FILES, Run, collect, copy_records, load_grid, main, missing, run_cell
+from bench.claims_page import render_page, strategy_wall_s
 
 GRID = """
 methods:
@@ -282,3 +282,12 @@ def test_a_malformed_grid_is_one_line_and_exit_2(grid_path: Path, tmp_path: Path
     assert main([*args, "write"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "reading is {text: ..., runs: N}" in err
+
+
+def test_wall_time_of_a_resumed_run_counts_its_rounds_before_the_crash() -> None:
+    rounds = [{"strategy": "fdkt", "round": 1, "wall_s": 1296.6}, {"strategy": "fdkt", "round": 2, "wall_s": 746.2},
+              {"strategy": "standalone", "round": 1, "wall_s": 40.0}]
+    resumed_before_fix = Run("c", "r", 0, {"strategies": {"fdkt": {"wall_s": 746.9}}}, rounds)
+    assert strategy_wall_s(resumed_before_fix, "fdkt") == pytest.approx(2042.8)
+    whole = Run("c", "r", 0, {"strategies": {"standalone": {"wall_s": 46.7}}}, rounds)
+    assert strategy_wall_s(whole, "standalone") == 46.7  # setup and evaluation besides its rounds

@@ -25,6 +25,16 @@ def test_recorder_appends_and_truncates(tmp_path) -> None:  # type: ignore[no-un
     assert [r["round"] for r in rec.rounds()] == [1, 2]
 
 
+def test_kept_rounds_time_carries_into_a_resumed_strategy(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "run")
+    for strategy, rnd, wall in (("base", 1, 5.0), ("fdkt", 1, 1296.5), ("fdkt", 2, 40.0)):
+        rec.write_round({"strategy": strategy, "round": rnd, "wall_s": wall, "metrics": {}})
+    rec.truncate_after(lambda row: row["strategy"] == "base" or row["round"] <= 1)  # fdkt checkpointed round 1
+    assert rec.rounds_wall_s("fdkt") == 1296.5
+    assert rec.rounds_wall_s("base") == 5.0
+    assert rec.rounds_wall_s("other") == 0.0
+
+
 def test_checkpoint_round_trip_keeps_latest(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ck = Checkpointer(tmp_path, keep=2)
     state = ClientState("c000", "m", adapter={"w": torch.arange(4.0)}, optimizer={"step": 3}, rounds_trained=2)

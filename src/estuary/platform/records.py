@@ -121,6 +121,11 @@ class Recorder:
     def summary(self) -> dict[str, Any]:
         return read_summary(self.dir)
 
+    def rounds_wall_s(self, strategy: str) -> float:
+        """Seconds the recorded rounds of `strategy` took: on resume, the time of the rounds a crashed run kept,
+        which the resumed strategy's `wall_s` in the summary adds to its own."""
+        return sum(float(r.get("wall_s", 0.0)) for r in self.rounds() if r.get("strategy") == strategy)
+
     def truncate_after(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """On resume: drop rows of rounds that were not checkpointed, so they are written once."""
         for path in [self.dir / n for n in JSONL_FILES] + sorted((self.dir / "knowledge").glob("*.jsonl")):

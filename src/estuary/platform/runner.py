@@ -106,9 +106,9 @@ def run_strategies(cfg: ExperimentConfig, ctx: RunContext, summary: dict[str, An
         if summary["strategies"].get(name, {}).get("complete"):
             continue
         strategy = get(name)(cfg, build_params(name, cfg.params_of(name)))
+        prev = recorder.rounds_wall_s(name) if resume else 0.0  # resumed: the rounds kept from before the crash
         s0 = time.perf_counter()
         final = strategy.run(ctx)
-        prev = summary["strategies"].get(name, {}).get("wall_s", 0.0)
         summary["strategies"][name] = {
             "complete": True,
             "rounds": strategy.num_rounds(),
