@@ -4,9 +4,9 @@ glibc's malloc serves PyTorch's CPU tensors below its mmap threshold from the pr
 threshold (up to 32 MiB) each time a large mapped block is freed, so after a few tasks most tensors live on the
 heap. Freed heap pages stay in the process unless they sit at the top of the heap: a pool worker that DP-trained
 one client keeps its training peak as resident memory while it serves the next. On a 24 GiB machine with a
-served LLM beside two workers that is the difference between a run and Ray's memory monitor killing the replica
-(`fdkt-agnews-dir-eps3` with the 1.5B server, round 2). `malloc_trim(0)` returns every free page, not only the
-top of the heap: `bench/worker_memory.py` measures what it gives back after a real FDKT client task.
+served LLM beside two workers, such workers (6.9 and 5.8 GiB for a 135M model) left Ray's memory monitor to kill
+the replica (`fdkt-agnews-dir-eps3` with the 1.5B server, round 2). `malloc_trim(0)` returns every free page,
+not only the top of the heap: `bench/worker_memory.py` measures what it gives back after a real FDKT client task.
 """
 
 from __future__ import annotations
