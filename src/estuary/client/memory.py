@@ -12,7 +12,6 @@ not only the top of the heap: `bench/worker_memory.py` measures what it gives ba
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 from functools import cache
 from typing import Any
@@ -23,9 +22,8 @@ def _glibc() -> Any | None:
     """The C library when it is glibc on Linux (it has malloc_trim); None elsewhere (macOS, musl)."""
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        lib = ctypes.CDLL(name)
+        lib = ctypes.CDLL("libc.so.6")  # glibc's soname; no find_library (it spawns ldconfig in each worker)
         lib.malloc_trim.argtypes = [ctypes.c_size_t]
         lib.malloc_trim.restype = ctypes.c_int
     except (OSError, AttributeError):
