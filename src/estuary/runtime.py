@@ -39,20 +39,33 @@ def dashboard_sign_in(url: str) -> str:
             "and a Grafana you run (README, Dashboard); the offline charts are TensorBoard's")
 
 
+def in_ray_job() -> bool:
+    """Whether this process is a Ray Job's driver (`estuary submit`)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def cluster_address(cfg: RayConfig, address: str | None = None) -> str | None:
+    """The Ray cluster a run joins: --address, ray.address, $ESTUARY_RAY_ADDRESS, or a Ray Job's own cluster;
+    None when it starts a local one (whose node is this machine: the preflights size it before Ray starts)."""
+    addr = address or cfg.address or os.environ.get("ESTUARY_RAY_ADDRESS")
+    if in_ray_job():
+        addr = addr or os.environ.get("RAY_ADDRESS") or "auto"
+    return addr or None
+
+
 def ensure_ray(cfg: RayConfig, address: str | None = None, log: Callable[[str], None] | None = None) -> bool:
     """Connect to (or start) Ray. Returns True if this call started/connected it (and should shut
     it down), False if Ray was already initialised in this process (tests, notebooks). A local cluster's
     dashboard address and how to sign in go to `log`."""
     if ray.is_initialized():
         return False
-    addr = address or cfg.address or os.environ.get("ESTUARY_RAY_ADDRESS")
+    addr = cluster_address(cfg, address)
     # Workers import estuary from this process's environment; keep their logs quiet.
     env: dict[str, Any] | None = {"env_vars": worker_env()}
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+    if in_ray_job():
         # A Ray Job's driver (`estuary submit`): the job's runtime_env (which carries worker_env) applies, and
         # Ray refuses a second one naming the same variables; the cluster is the job's own.
         env = None
-        addr = addr or os.environ.get("RAY_ADDRESS") or "auto"
     # The local cluster's token authentication stays on; its notice is not news to a run's user.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:

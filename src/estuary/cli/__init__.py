@@ -40,6 +40,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from estuary.data.inspect import check_data
+    from estuary.platform.cpu_fit import check_cpu_fit
     from estuary.platform.loading import explain, load_config
     from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import check_delta, lora_targets
@@ -51,6 +52,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_models(cfg)
     targets = lora_targets(cfg)  # refuses named targets a model lacks; printed with the verdict, on stdout
     targets += model_lines(cfg)  # refuses a model too large for this node or a tokenizer that cannot pad
+    targets += check_cpu_fit(cfg)  # LLM training the client pool leaves no CPUs
     if args.explain:
         table = Table("key", "value", "help")
         values = cfg.model_dump(mode="json")

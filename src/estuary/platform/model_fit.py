@@ -10,8 +10,9 @@ cannot train on this node even alone; a model that passes may still not fit besi
 clients.workers then). Weights are loaded in host memory first (`estuary.lm.model.load_base`), so GPU workers
 need it too. Client, DP-generator and teacher models count at models.dtype; the server LLM at the largest of
 models.dtype (its zero-shot evaluation), server.dtype (served, `auto` resolved) and method_params.llm_train.dtype
-(default float32) when the method trains it (`Strategy.server_use`). On a Ray cluster (ray.address, --address)
-the nodes are not known here and the check is skipped.
+(default float32) when the method trains it (`Strategy.server_use`). On a Ray cluster (`estuary.runtime.
+cluster_address`: --address, ray.address, $ESTUARY_RAY_ADDRESS, a Ray Job) the nodes are not known here and the
+check is skipped.
 
 Tokenizers. No pad token: EOS pads (right padding, masked out of attention and loss), said once. Neither pad nor
 EOS: refused, naming the model's field. No chat template on the server LLM: prompts are sent as plain text (the
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from estuary.errors import ConfigError, ModelNotAvailable
 from estuary.registry import get
+from estuary.runtime import cluster_address
 
 if TYPE_CHECKING:
     from estuary.config import ExperimentConfig
@@ -214,4 +216,4 @@ def check_tokenizers(cfg: ExperimentConfig, paths: dict[str, str] | None = None)
 def model_lines(cfg: ExperimentConfig, paths: dict[str, str] | None = None, *, address: str | None = None) -> list[str]:
     """`check_memory` then `check_tokenizers` (each refusal one ConfigError line): what `estuary validate`,
     `estuary data` and `estuary run` print about the run's models."""
-    return check_memory(cfg, paths, cluster=bool(address or cfg.ray.address)) + check_tokenizers(cfg, paths)
+    return check_memory(cfg, paths, cluster=bool(cluster_address(cfg.ray, address))) + check_tokenizers(cfg, paths)

@@ -134,6 +134,7 @@ def run_experiment(
 ) -> Path:
     from estuary.client.pool import ClientPool
     from estuary.data.federated import build_federated_data
+    from estuary.platform.cpu_fit import check_cpu_fit
     from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import check_delta, check_run_models
     from estuary.platform.report import counts_table, draw_plots, llm_rounds_table, results_table
@@ -153,6 +154,7 @@ def run_experiment(
     for line in model_lines(cfg, paths, address=address):  # too large for this node, a tokenizer that cannot pad
         if "tokenizer" in line or "chat template" in line:
             console.print(line, highlight=False)
+    check_cpu_fit(cfg, address)  # LLM training that the pool leaves no CPUs
 
     summary = start_summary(cfg, recorder, data, resume)
     # the trackers start before a resume truncates rounds.jsonl: the rounds it holds are already tracked

@@ -108,6 +108,13 @@ class Strategy(ABC):
         return cfg.privacy.generator_model
 
     @classmethod
+    def server_training(cls, cfg: ExperimentConfig) -> tuple[str, dict[str, Any]] | None:
+        """The field and the TrainConfig mapping this strategy fine-tunes the server LLM with in this job (Ray
+        Train workers, their resources), or None when it does not train it. Default None; the preflight checks
+        that those workers can get their CPUs beside the client pool (`estuary.platform.cpu_fit`)."""
+        return None
+
+    @classmethod
     def task_misfit(cls, task: Task) -> str | None:
         """Why this strategy cannot run `task` (a phrase after the task's name), or None when it can."""
         if cls.task_kind is not None and task.kind != cls.task_kind:

@@ -106,6 +106,15 @@ class LLMCentralized(Strategy):
     server_use: ClassVar[str] = "train"
     description = "The server LLM (LoRA) fine-tuned on all clients' data pooled: the mutual methods' LLM bound."
 
+    @classmethod
+    def server_training(cls, cfg: Any) -> tuple[str, dict[str, Any]] | None:
+        from estuary.registry import build_params
+
+        own = build_params(cls.name, dict(cfg.params_of(cls.name) or {})).llm_train
+        if own is not None:
+            return f"baseline_params.{cls.name}.llm_train", dict(own)
+        return "method_params.llm_train", dict((cfg.method_params or {}).get("llm_train", {}))
+
     def num_rounds(self) -> int:
         return 1
 

@@ -36,7 +36,12 @@ from estuary.platform.strategy import Strategy
 from estuary.registry import register
 from estuary.strategies.crosslm_config import CrossLMConfig
 from estuary.strategies.fdkt import example_row
-from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
+from estuary.strategies.server_llm import (
+    evaluate_served_llm,
+    mutual_training,
+    train_server_adapter,
+    version_number,
+)
 from estuary.strategies.transfer import train_on_transfer
 from estuary.wire import ClientTask, Egress, RoundOutcome
 
@@ -54,6 +59,10 @@ class CrossLM(Strategy):
     task_kind = "classification"
     task_use = "has the LLM write labelled task data"
     task_pairs = False  # the LLM writes one text per sample
+
+    @classmethod
+    def server_training(cls, cfg: Any) -> tuple[str, dict[str, Any]] | None:
+        return mutual_training(cls.name, cfg)
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)

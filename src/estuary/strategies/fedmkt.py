@@ -54,7 +54,12 @@ from estuary.strategies.fedmkt_knowledge import (
     client_side,
     llm_side,
 )
-from estuary.strategies.server_llm import evaluate_served_llm, train_server_adapter, version_number
+from estuary.strategies.server_llm import (
+    evaluate_served_llm,
+    mutual_training,
+    train_server_adapter,
+    version_number,
+)
 from estuary.wire import ClientTask, Egress, RoundOutcome
 
 if TYPE_CHECKING:
@@ -74,6 +79,10 @@ class FedMKT(Strategy):
     config_class: ClassVar[type] = FedMKTConfig
     server_use: ClassVar[str] = "train"
     description = "Mutual top-k distillation LLM ↔ SLMs on public data, aligned across tokenizers."
+
+    @classmethod
+    def server_training(cls, cfg: Any) -> tuple[str, dict[str, Any]] | None:
+        return mutual_training(cls.name, cfg)
 
     def __init__(self, exp: Any, params: Any | None = None) -> None:
         super().__init__(exp, params)

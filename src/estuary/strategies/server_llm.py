@@ -68,6 +68,19 @@ def method_llm_eval_size(exp: Any) -> int | None:
     return int(size) if size else None
 
 
+def params_field(exp: Any, strategy: str, key: str) -> str:
+    """The job field holding `key` of `strategy`'s parameters: method_params.<key> or baseline_params.<name>.<key>."""
+    return f"method_params.{key}" if strategy == exp.method else f"baseline_params.{strategy}.{key}"
+
+
+def mutual_training(strategy: str, exp: Any) -> tuple[str, dict[str, Any]] | None:
+    """`Strategy.server_training` of the mutual methods (CrossLM, FedMKT): their llm_train when train_llm."""
+    from estuary.registry import build_params
+
+    p = build_params(strategy, dict(exp.params_of(strategy) or {}))
+    return (params_field(exp, strategy, "llm_train"), dict(p.llm_train)) if p.train_llm else None
+
+
 def published_path(server: ServerContext, version: str) -> str:
     """The adapter folder of a published version id (`name@vN`)."""
     name = version.rsplit("@v", 1)[0]
