@@ -41,12 +41,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from estuary.data.inspect import check_data
     from estuary.platform.cpu_fit import check_cpu_fit
+    from estuary.platform.dtypes import dtype_lines
     from estuary.platform.loading import explain, load_config
     from estuary.platform.model_fit import model_lines
     from estuary.platform.preflight import check_delta, lora_targets
     from estuary.platform.runner import check_models
 
-    cfg = load_config(args.job, args.set)
+    cfg, notes = dtype_lines(load_config(args.job, args.set))  # models.dtype auto as the run would resolve it
     check_data(cfg.data, cfg.clients.count, cfg.seed)  # the task loads and every client gets its shard
     check_delta(cfg)  # δ against each client's data size (the shards are built from the seed, no Ray)
     check_models(cfg)
@@ -62,7 +63,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 node = node[part]
             table.add_row(key, repr(node), help_text)
         _console(stderr=False).print(table)
-    for line in targets:
+    for line in targets + notes:
         print(line)
     print(f"{args.job}: ok — method {cfg.method}, baselines {cfg.baselines}, {cfg.clients.count} clients "
           f"({cfg.clients.mode}), {cfg.rounds} rounds, task {cfg.data.task_name}")

@@ -28,9 +28,11 @@ class ModelsConfig(Section):
     per_client: dict[int, str] = Field(
         default_factory=dict, description="Client index → model spec, for heterogeneous clients."
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training and evaluation (float32 is safest on CPU)."
-    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype of the client SLMs (and DP generators, teachers) for training and "
+        "evaluation. auto: bfloat16 where the device runs it natively (a GPU; a CPU with AVX512_BF16), else float32 "
+        "(resolved once at the run's start and recorded; estuary.lm.precision). bfloat16 on a CPU without it trains "
+        "about 20x slower than float32 (bench/results/bf16_cpu.json).")
     _group_models: dict[int, str] = PrivateAttr(default_factory=dict)  # from clients.groups[].model
 
     def for_client(self, index: int) -> str:

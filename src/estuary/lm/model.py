@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from estuary.lm.encoding import model_device
 from estuary.lm.lora import LoraConfig
+from estuary.lm.precision import resolve_dtype
 from estuary.lm.seeding import rng_scope
 
 _DTYPES = {
@@ -28,13 +29,15 @@ _DTYPES = {
 def load_base(
     model_path: str, *, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer from a local HF folder, in eval mode.
+    """A causal LM and its tokenizer from a local HF folder, in eval mode; `dtype` auto resolves for `device`
+    (`estuary.lm.precision`).
 
     The tokenizer's pad token falls back to EOS; its padding side is set to "right" (this module
     pads by itself, right-aligned, and never relies on it).
     """
+    dtype = resolve_dtype(dtype, on_gpu=str(device) != "cpu")
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)} or auto")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

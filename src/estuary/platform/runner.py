@@ -11,6 +11,7 @@ from rich.console import Console
 
 from estuary.config import ExperimentConfig
 from estuary.errors import EstuaryError
+from estuary.lm.precision import host_facts
 from estuary.platform.loading import load_config
 from estuary.platform.progress import RunProgress
 from estuary.platform.records import Recorder, open_run_dir
@@ -81,6 +82,7 @@ def start_summary(cfg: ExperimentConfig, recorder: Recorder, data: Any, resume: 
             "client_sizes": data.sizes(),
             "test_size": len(data.test),
             "status": "running",
+            "host": host_facts(),  # the driver's (of this attempt, when resumed): wall times depend on it
         }
     )
     for stale in ("error", "signal"):  # of the attempt this one resumes
@@ -123,6 +125,26 @@ def run_strategies(cfg: ExperimentConfig, ctx: RunContext, summary: dict[str, An
         recorder.write_summary(summary)
 
 
+def preflight(cfg: ExperimentConfig, address: str | None, console: Console) -> tuple[Any, dict[str, str], str | None]:
+    """Fail fast, before any actor starts: data, privacy, models and CPUs checked in the driver (each refusal one
+    line). Returns the federated data and the resolved model paths (clients', server's)."""
+    from estuary.data.federated import build_federated_data
+    from estuary.platform.cpu_fit import check_cpu_fit
+    from estuary.platform.model_fit import model_lines
+    from estuary.platform.preflight import check_delta, check_run_models
+
+    data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
+    check_delta(cfg, data)  # δ ≥ 1/n for a client is no guarantee: one line now, before Ray starts
+    model_paths, server_path = resolve_models(cfg)
+    check_run_models(cfg, model_paths)  # a model Opacus cannot DP-train: one line now, not after retries
+    paths = {**model_paths, **({cfg.models.server: server_path} if server_path else {})}
+    for line in model_lines(cfg, paths, address=address):  # too large for this node, a tokenizer that cannot pad
+        if "tokenizer" in line or "chat template" in line:
+            console.print(line, highlight=False)
+    check_cpu_fit(cfg, address)  # server LLM training that the client pool leaves no CPUs for
+    return data, model_paths, server_path
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -133,28 +155,19 @@ def run_experiment(
     show_progress: bool = True,
 ) -> Path:
     from estuary.client.pool import ClientPool
-    from estuary.data.federated import build_federated_data
-    from estuary.platform.cpu_fit import check_cpu_fit
-    from estuary.platform.model_fit import model_lines
-    from estuary.platform.preflight import check_delta, check_run_models
+    from estuary.platform.dtypes import dtype_lines
     from estuary.platform.report import counts_table, draw_plots, llm_rounds_table, results_table
     from estuary.platform.run_context import RunContext, ServerContext
 
     console = console or Console(stderr=True)
+    cfg, notes = dtype_lines(cfg)  # models.dtype auto resolved once, recorded in config.yaml for workers and resumes
+    for line in notes:
+        console.print(line, highlight=False)
     run_dir = run_dir or new_run_dir(cfg)
     recorder = Recorder(run_dir)
     if not resume:
         recorder.write_config(cfg.to_yaml())
-    # Fail fast, before any actor starts: data and models are checked in the driver.
-    data = build_federated_data(cfg.data.model_dump_json(), cfg.clients.count, cfg.seed)
-    check_delta(cfg, data)  # δ ≥ 1/n for a client is no guarantee: one line now, before Ray starts
-    model_paths, server_path = resolve_models(cfg)
-    check_run_models(cfg, model_paths)  # a model Opacus cannot DP-train: one line now, not after retries
-    paths = {**model_paths, **({cfg.models.server: server_path} if server_path else {})}
-    for line in model_lines(cfg, paths, address=address):  # too large for this node, a tokenizer that cannot pad
-        if "tokenizer" in line or "chat template" in line:
-            console.print(line, highlight=False)
-    check_cpu_fit(cfg, address)  # LLM training that the pool leaves no CPUs
+    data, model_paths, server_path = preflight(cfg, address, console)
 
     summary = start_summary(cfg, recorder, data, resume)
     # the trackers start before a resume truncates rounds.jsonl: the rounds it holds are already tracked

@@ -175,16 +175,9 @@ class ServerConfig(BaseModel):
         return (not self.on_gpu) if self.in_process_engine is None else self.in_process_engine
 
     def resolved_dtype(self) -> str:
-        if self.dtype != "auto":
-            return self.dtype
-        if self.on_gpu:
-            return "bfloat16"
-        try:
-            import torch
+        from estuary.lm.precision import resolve_dtype
 
-            return "bfloat16" if torch.cpu._is_avx512_bf16_supported() else "float32"
-        except Exception:
-            return "float32"
+        return resolve_dtype(self.dtype, on_gpu=self.on_gpu)
 
     def adapter_path(self) -> Path:
         if self.adapter_root:

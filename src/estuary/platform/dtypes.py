@@ -1,0 +1,39 @@
+"""The run's client dtype, decided once before any worker starts: `models.dtype: auto` resolved for the clients'
+device and recorded in the run's config.yaml (so every worker, and a resume, uses the same one), and one line when
+a job asks for bfloat16 on a CPU that does not run it natively (`estuary.lm.precision`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from estuary.lm.precision import AUTO, bf16_note, resolve_dtype
+
+if TYPE_CHECKING:
+    from estuary.config import ExperimentConfig
+
+
+def clients_on_gpu(cfg: ExperimentConfig) -> bool:
+    """Whether the client workers ask for GPUs (clients.resources or any group's)."""
+    resources = [g.resources or cfg.clients.resources for g in cfg.clients.groups] or [cfg.clients.resources]
+    return any(r.num_gpus > 0 for r in resources)
+
+
+def resolve_run_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | None]:
+    """`cfg` with models.dtype auto replaced by what it resolves to on the clients' device (GPU workers: bfloat16;
+    CPU workers: decided on this machine, the local cluster's node or the driver of a CPU cluster), and the line
+    saying so; `cfg` itself and None when the job names a dtype."""
+    if cfg.models.dtype != AUTO:
+        return cfg, None
+    on_gpu = clients_on_gpu(cfg)
+    chosen = resolve_dtype(AUTO, on_gpu=on_gpu)
+    why = "GPU clients" if on_gpu else ("this CPU runs bfloat16 natively" if chosen == "bfloat16" else
+                                         "this CPU has no native bfloat16: no AVX512_BF16")
+    models = cfg.models.model_copy(update={"dtype": chosen})
+    return cfg.model_copy(update={"models": models}), f"models.dtype auto → {chosen} ({why})"
+
+
+def dtype_lines(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """`resolve_run_dtype`, plus the note for bfloat16 clients on a CPU without it: what validate and run print."""
+    cfg, chosen = resolve_run_dtype(cfg)
+    note = None if chosen else bf16_note("models.dtype", cfg.models.dtype, on_gpu=clients_on_gpu(cfg))
+    return cfg, [line for line in (chosen, note) if line]
