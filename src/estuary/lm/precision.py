@@ -22,7 +22,7 @@ def native_bf16(on_gpu: bool = False) -> bool:
 
     if on_gpu:
         return bool(torch.cuda.is_bf16_supported()) if torch.cuda.is_available() else True
-    try:  # torch's own probe of the CPU (cpuinfo), the check its oneDNN bfloat16 kernels make
+    try:  # torch's own probe of the CPU (cpuinfo)
         return bool(torch.cpu._is_avx512_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
