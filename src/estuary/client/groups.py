@@ -31,6 +31,12 @@ class WorkerGroup:
         return self.start <= index < self.start + self.count
 
 
+def client_resources(exp: ExperimentConfig) -> list[ClientResources]:
+    """The resources of each worker group: each group's own (or clients.resources), or clients.resources alone."""
+    c = exp.clients
+    return [g.resources or c.resources for g in c.groups] or [c.resources]
+
+
 def node_capacities(res: ClientResources, nodes: list[dict[str, Any]]) -> list[int]:
     """Per alive node: how many workers with these resources fit (the minimum over requested resources)."""
     need = res.bundle()

@@ -37,7 +37,7 @@ def resolve_dtype(dtype: str, *, on_gpu: bool = False) -> str:
 
 def bf16_note(field: str, dtype: str, *, on_gpu: bool = False) -> str | None:
     """One line when `field` asks for bfloat16 on a CPU that does not run it natively (None otherwise)."""
-    if dtype not in ("bfloat16", "bf16") or native_bf16(on_gpu):
+    if dtype != "bfloat16" or native_bf16(on_gpu):
         return None
     return (f"{field} bfloat16: this CPU has no native bfloat16 (AVX512_BF16), so its matmuls take a slow path: a "
             "LoRA training step about 20× slower than float32 on an AVX2 host (bench/results/bf16_cpu.json); "

@@ -21,7 +21,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from estuary.client.groups import plan_groups
+from estuary.client.groups import client_resources, plan_groups
 from estuary.errors import ConfigError
 from estuary.registry import get
 from estuary.runtime import cluster_address
@@ -53,8 +53,8 @@ def check_cpu_fit(cfg: ExperimentConfig, address: str | None = None, *, cpus: fl
     server = cfg.server_config()
     jobs = [(name, field, TrainConfig.load({"model": server.model, **train}, field))
             for name, (field, train) in trainings]
-    clients = [g.resources or cfg.clients.resources for g in cfg.clients.groups] or [cfg.clients.resources]
-    bundles = [r.bundle() for r in clients] + [server.resources.bundle()] + [j.resources.bundle() for _, _, j in jobs]
+    bundles = [r.bundle() for r in client_resources(cfg)] + [server.resources.bundle()]
+    bundles += [job.resources.bundle() for _, _, job in jobs]
     if not all(set(b) <= {"CPU"} for b in bundles):
         return ["training CPUs: not checked before the run (the job asks for GPUs or custom resources; checked "
                 "when the workers start)"]
@@ -67,7 +67,7 @@ def check_cpu_fit(cfg: ExperimentConfig, address: str | None = None, *, cpus: fl
         need = job.workers * job.resources.num_cpus
         free = total - pool - served
         if need > free + _EPS:
-            raise ConfigError(_refusal(cfg, name, field, job, total, groups, served))
+            raise ConfigError(_refusal(cfg, name, field, job, total, sum(g.size for g in groups), pool, served))
         lines.append(f"training CPUs for {name}: {job.workers} worker(s) × {job.resources.num_cpus:g} of the "
                      f"{free:g} left by the client pool ({pool:g}) and the server ({served:g}) on {total:g}")
     return lines
@@ -78,10 +78,10 @@ def _cents(x: float) -> float:
     return math.floor(x * 100 + 1e-6) / 100
 
 
-def _refusal(cfg: ExperimentConfig, name: str, field: str, job: TrainConfig, total: float, groups: list,
-             served: float) -> str:
-    pool = sum(g.size * g.resources.num_cpus for g in groups)
-    workers = sum(g.size for g in groups)
+def _refusal(cfg: ExperimentConfig, name: str, field: str, job: TrainConfig, total: float, workers: int,
+             pool: float, served: float) -> str:
+    """The refusal's line: what the training needs, what the pool (`workers` holding `pool` CPUs) and the server
+    hold, and values that fit."""
     need = job.workers * job.resources.num_cpus
     free = total - pool - served
     clients = "clients.groups[].resources.num_cpus" if cfg.clients.groups else "clients.resources.num_cpus"

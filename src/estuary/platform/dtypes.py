@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from estuary.client.groups import client_resources
 from estuary.lm.precision import AUTO, bf16_note, resolve_dtype
 
 if TYPE_CHECKING:
@@ -14,8 +15,7 @@ if TYPE_CHECKING:
 
 def clients_on_gpu(cfg: ExperimentConfig) -> bool:
     """Whether the client workers ask for GPUs (clients.resources or any group's)."""
-    resources = [g.resources or cfg.clients.resources for g in cfg.clients.groups] or [cfg.clients.resources]
-    return any(r.num_gpus > 0 for r in resources)
+    return any(r.num_gpus > 0 for r in client_resources(cfg))
 
 
 def resolve_run_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | None]:
