@@ -55,7 +55,9 @@ def test_bfloat16_on_a_cpu_without_it_is_noted(monkeypatch: pytest.MonkeyPatch) 
     cfg, lines = dtype_lines(load_config(QUICKSTART, ["models.dtype=bfloat16"]))
     assert cfg.models.dtype == "bfloat16" and len(lines) == 1
     assert lines[0].startswith("models.dtype bfloat16: this CPU has no native bfloat16")
-    assert "models.dtype: auto (or float32) runs faster" in lines[0]
+    assert "run as float32 GEMMs with bfloat16 rounding (bf16_matmul: auto" in lines[0]
+    slow = dtype_lines(load_config(QUICKSTART, ["models.dtype=bfloat16", "models.bf16_matmul=torch"]))[1]
+    assert len(slow) == 1 and "take torch's slow path" in slow[0] and "bf16_matmul: auto computes" in slow[0]
     assert dtype_lines(load_config(QUICKSTART, ["models.dtype=float32"]))[1] == []
     cpu_bf16(monkeypatch, True)
     assert dtype_lines(load_config(QUICKSTART, ["models.dtype=bfloat16"]))[1] == []

@@ -74,7 +74,8 @@ class ClientWorker:
             self._set_torch()  # estuary.lm.model has loaded torch
 
             tr = self.exp.training
-            base, tok = load_base(self.model_paths[spec], dtype=self.exp.models.dtype, device=self.device)
+            base, tok = load_base(self.model_paths[spec], dtype=self.exp.models.dtype, device=self.device,
+                                 bf16_matmul=self.exp.models.bf16_matmul)
             model = attach_lora(base, tr.lora, seed=self.exp.seed)
             # Every client starts from the same adapter initialisation (seeded by the run seed).
             self._models[spec] = (model, tok, adapter_state(model))

@@ -19,6 +19,7 @@ from estuary.config.privacy import PrivacyConfig
 from estuary.config.section import Section
 from estuary.data.data_config import DataConfig
 from estuary.lm.lora import LoraConfig
+from estuary.lm.precision import BF16_MATMUL_HELP
 from estuary.serve.config import ServerConfig
 
 
@@ -32,7 +33,8 @@ class ModelsConfig(Section):
         "float32", description="Weights dtype of the client SLMs (and DP generators, teachers) for training and "
         "evaluation. auto: bfloat16 where the device runs it natively (a GPU; a CPU with AVX512_BF16), else float32 "
         "(resolved once at the run's start and recorded; estuary.lm.precision). bfloat16 on a CPU without it trains "
-        "about 20x slower than float32 (bench/results/bf16_cpu.json).")
+        "about 20x slower than float32 (bench/results/bf16_cpu.json) unless bf16_matmul is auto.")
+    bf16_matmul: Literal["auto", "torch"] = Field("auto", description=BF16_MATMUL_HELP)
     _group_models: dict[int, str] = PrivateAttr(default_factory=dict)  # from clients.groups[].model
 
     def for_client(self, index: int) -> str:

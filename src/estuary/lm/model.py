@@ -11,6 +11,7 @@ from peft import PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from estuary.lm.bf16_matmul import emulates, widen_linears
 from estuary.lm.encoding import model_device
 from estuary.lm.lora import LoraConfig
 from estuary.lm.precision import resolve_dtype
@@ -27,10 +28,11 @@ _DTYPES = {
 
 
 def load_base(
-    model_path: str, *, dtype: str = "float32", device: str = "cpu"
+    model_path: str, *, dtype: str = "float32", device: str = "cpu", bf16_matmul: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a local HF folder, in eval mode; `dtype` auto resolves for `device`
-    (`estuary.lm.precision`).
+    (`estuary.lm.precision`). bfloat16 on a CPU without native bfloat16: its Linear layers compute as float32 GEMMs
+    with the same arithmetic, unless `bf16_matmul` is torch (`estuary.lm.bf16_matmul`).
 
     The tokenizer's pad token falls back to EOS; its padding side is set to "right" (this module
     pads by itself, right-aligned, and never relies on it).
@@ -45,6 +47,8 @@ def load_base(
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype])
     model.to(device)  # type: ignore[arg-type]
     model.eval()
+    if emulates(dtype, device, bf16_matmul):
+        widen_linears(model)
     return model, tokenizer
 
 

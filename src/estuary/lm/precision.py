@@ -4,15 +4,22 @@ float32 elsewhere.
 bfloat16 halves the weights' memory. A CUDA GPU (Ampere and later) and a CPU with AVX512_BF16 (Intel Cooper Lake,
 Sapphire Rapids and later; AMD Zen 4 and later) run its matmuls natively. On other CPUs PyTorch has no native
 bfloat16 GEMM and takes a slow path: on an AVX2-only 2-core host (one torch thread, as a pool worker) a SmolLM2-135M
-LoRA training step on 8 × 96 tokens took 167 s in bfloat16 against 7.4 s in float32 (×22.7), sampling ×1.7 (`python
--m bench.bf16_cpu`, bench/results/bf16_cpu.json). `models.dtype: auto` and `server.dtype: auto` therefore pick
-bfloat16 only where it is native, and the preflight says so when a job asks for bfloat16 on a CPU without it
-(`bf16_note`).
+LoRA training step on 8 × 96 tokens took 171 s in bfloat16 against 8.2 s in float32 (×20.9). Estuary therefore
+computes bfloat16 matmuls there as float32 GEMMs with the same arithmetic (`models.bf16_matmul: auto`,
+estuary.lm.bf16_matmul), and `models.dtype: auto` and `server.dtype: auto` pick bfloat16 only where it is native;
+the preflight says how a job's bfloat16 will run on a CPU without it (`bf16_note`). `python -m bench.bf16_cpu`
+measures all three (bench/results/bf16_cpu.json).
 """
 
 from __future__ import annotations
 
 AUTO = "auto"
+BF16_MATMUL_HELP = (
+    "How a bfloat16 model's Linear layers run on a CPU without native bfloat16 (AVX512_BF16). auto: as float32 "
+    "GEMMs on the exactly widened operands, rounded back to bfloat16 (the arithmetic of torch's own bfloat16 GEMM, "
+    "float32 sums; only their order may differ), ×17.8 faster per LoRA training step on an AVX2 host "
+    "(estuary.lm.bf16_matmul, bench/results/bf16_cpu.json). torch: torch's own bfloat16 kernels. No effect on GPUs, "
+    "native CPUs or other dtypes.")
 
 
 def native_bf16(on_gpu: bool = False) -> bool:
@@ -35,13 +42,17 @@ def resolve_dtype(dtype: str, *, on_gpu: bool = False) -> str:
     return "bfloat16" if native_bf16(on_gpu) else "float32"
 
 
-def bf16_note(field: str, dtype: str, *, on_gpu: bool = False) -> str | None:
-    """One line when `field` asks for bfloat16 on a CPU that does not run it natively (None otherwise)."""
+def bf16_note(field: str, dtype: str, *, on_gpu: bool = False, matmul: str = AUTO) -> str | None:
+    """One line when `field` asks for bfloat16 on a CPU that does not run it natively (None otherwise): how its
+    matmuls will run (`matmul`: the job's bf16_matmul setting)."""
     if dtype != "bfloat16" or native_bf16(on_gpu):
         return None
-    return (f"{field} bfloat16: this CPU has no native bfloat16 (AVX512_BF16), so its matmuls take a slow path: a "
-            "LoRA training step about 20× slower than float32 on an AVX2 host (bench/results/bf16_cpu.json); "
-            f"{field}: auto (or float32) runs faster, with twice the weights' memory")
+    if matmul == AUTO:
+        return (f"{field} bfloat16: this CPU has no native bfloat16 (AVX512_BF16); its bfloat16 Linear layers run as "
+                "float32 GEMMs with bfloat16 rounding (bf16_matmul: auto, same arithmetic as torch's bfloat16 GEMM)")
+    return (f"{field} bfloat16: this CPU has no native bfloat16 (AVX512_BF16) and bf16_matmul is torch, so its "
+            "matmuls take torch's slow path: a LoRA training step about 20× slower than float32 on an AVX2 host "
+            "(bench/results/bf16_cpu.json); bf16_matmul: auto computes them as float32 GEMMs")
 
 
 def host_facts() -> dict[str, object]:

@@ -213,7 +213,7 @@ def audit_run_dir(
         f"client {cid}: no DP generator saved in the run; one is trained with the run's privacy settings")
     spec = ((saved or {}).get("model") or get(strategy or cfg.method).generator_model(cfg)
             or cfg.models.for_client(ids.index(cid)))
-    base, tok = load_base(resolve_model(spec), dtype=cfg.models.dtype)
+    base, tok = load_base(resolve_model(spec), dtype=cfg.models.dtype, bf16_matmul=cfg.models.bf16_matmul)
     model = attach_lora(base, cfg.training.lora, seed=cfg.seed)
     results = audit_generators(
         model, tok, data.task, train, member_set, non_member_set, dp_cfg=dp_cfg, gen_cfg=gen_cfg, seed=cfg.seed,

@@ -35,5 +35,6 @@ def resolve_run_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | No
 def dtype_lines(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     """`resolve_run_dtype`, plus the note for bfloat16 clients on a CPU without it: what validate and run print."""
     cfg, chosen = resolve_run_dtype(cfg)
-    note = None if chosen else bf16_note("models.dtype", cfg.models.dtype, on_gpu=clients_on_gpu(cfg))
+    note = None if chosen else bf16_note("models.dtype", cfg.models.dtype, on_gpu=clients_on_gpu(cfg),
+                                          matmul=cfg.models.bf16_matmul)
     return cfg, [line for line in (chosen, note) if line]

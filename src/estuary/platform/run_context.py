@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 @ray.remote(num_cpus=0)
 def _evaluate_model(
-    path: str, task: Task, examples: list[Example], dtype: str, batch_size: int, max_length: int, threads: int
+    path: str, task: Task, examples: list[Example], dtype: str, batch_size: int, max_length: int, threads: int,
+    bf16_matmul: str,
 ) -> dict[str, float]:
     # num_cpus=0: it runs between client phases, while the client workers (which hold the CPUs) idle.
     import torch
@@ -40,7 +41,7 @@ def _evaluate_model(
     from estuary.lm.scoring import evaluate
 
     torch.set_num_threads(threads)
-    model, tok = load_base(path, dtype=dtype)
+    model, tok = load_base(path, dtype=dtype, bf16_matmul=bf16_matmul)
     return evaluate(model, tok, task, examples, batch_size=batch_size, max_length=max_length)
 
 
@@ -151,6 +152,7 @@ class ServerContext:
                 self.exp.evaluation.batch_size,
                 self.exp.training.max_length,
                 threads,
+                self.exp.models.bf16_matmul,
             )
             result = ray.get(ref)
             self._cache["test"] = {f"test/{k}": v for k, v in result.items() if k != "n"}

@@ -49,7 +49,7 @@ def load_model(cfg: TrainConfig, model_path: str) -> tuple[Any, Any, int]:
     tokenizer, and its vocabulary size."""
     from estuary.lm.model import attach_lora, load_base
 
-    model, tokenizer = load_base(model_path, dtype=cfg.dtype)
+    model, tokenizer = load_base(model_path, dtype=cfg.dtype, bf16_matmul=cfg.bf16_matmul)
     vocab = int(cast(torch.nn.Embedding, model.get_input_embeddings()).weight.shape[0])
     if cfg.init_adapter is not None:
         from peft import PeftModel

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from estuary.errors import ConfigError
 from estuary.lm.lora import LoraConfig
+from estuary.lm.precision import BF16_MATMUL_HELP
 from estuary.resources import Resources, rename_old_keys
 from estuary.train.objective_config import ObjectiveConfig
 from estuary.train.zero_config import ZeroConfig
@@ -41,6 +42,7 @@ class TrainConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Training precision (DeepSpeed bf16/fp16 modes; float16 needs GPU workers)."
     )
+    bf16_matmul: Literal["auto", "torch"] = Field("auto", description=BF16_MATMUL_HELP)
     # -- scaling (Ray Train ScalingConfig) -------------------------------------------------------------
     workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel DeepSpeed ranks).")
     resources: TrainResources = Field(
