@@ -236,14 +236,36 @@ def header(grid: Grid, runs: dict[str, dict[int, Run]]) -> list[str]:
         " seeds; n is the number of seeds. SLM columns are the mean over the clients of the global test split;"
         " the LLM column is the served LLM's test accuracy (the zero-shot row: before any training). ε reached is"
         " the largest ε any client's ledger reached; wall s is the strategy's wall time (mean over seeds; a"
-        " resumed run's counts its rounds before the crash). " + RULE,
-        "", "| cell | method | setting | seeds recorded | job |", "|---|---|---|---|---|",
+        " resumed run's counts its rounds before the crash). " + RULE, "",
+        "Hosts are each run's driver machine as its summary.json records it (runs recorded before records"
+        " carried it: not recorded). On a host without native bfloat16, `server.dtype: auto` serves in float32"
+        " and the clients' bfloat16 Linear layers run as float32 GEMMs with bfloat16 rounding (README,"
+        " Precision); wall times differ between hosts.",
+        "", "| cell | method | setting | seeds recorded | hosts (seeds: host) | job |", "|---|---|---|---|---|---|",
     ]
     for c in grid.cells.values():
         got = sorted(s for s in c.seeds if s in runs.get(c.name, {}))
         seeds = f"{', '.join(map(str, got)) or 'none'} of {', '.join(map(str, c.seeds))}"
-        lines.append(f"| `{c.name}` | {c.method} | {c.label()} | {seeds} | `{c.job}` |")
+        hosts = host_text({s: runs[c.name][s] for s in got})
+        lines.append(f"| `{c.name}` | {c.method} | {c.label()} | {seeds} | {hosts} | `{c.job}` |")
     return lines
+
+
+def host_label(run: Run) -> str:
+    """A run's driver host from its summary: CPUs, torch's CPU capability, and whether bfloat16 is native."""
+    host = run.summary.get("host")
+    if not isinstance(host, dict):
+        return "not recorded"
+    native = "" if host.get("native_bf16") else ", no native bfloat16"
+    return f"{host.get('cpus')} CPUs, {host.get('cpu_capability')}{native}"
+
+
+def host_text(runs: dict[int, Run]) -> str:
+    """The recorded seeds grouped by host, e.g. `0, 1: not recorded; 2: 2 CPUs, AVX2, no native bfloat16`."""
+    groups: dict[str, list[int]] = {}
+    for seed, run in sorted(runs.items()):
+        groups.setdefault(host_label(run), []).append(seed)
+    return "; ".join(f"{', '.join(map(str, seeds))}: {label}" for label, seeds in groups.items()) or "none"
 
 
 def method_section(method: Method, grid: Grid, runs: dict[str, dict[int, Run]],

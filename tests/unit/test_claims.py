@@ -120,6 +120,20 @@ def test_table_shows_mean_std_and_n_over_seeds(grid_path: Path, tmp_path: Path) 
     assert row(text, "fdkt-a", "zero_shot")[3:6] == ["0.750 ± 0.000", "0.700 ± 0.000", "0.800 ± 0.000"]
 
 
+def test_the_overview_names_each_seeds_host(grid_path: Path, tmp_path: Path) -> None:
+    """Records without a host (older ones) say so; seeds from different hosts are told apart in the cell's row."""
+    fdkt_runs(tmp_path / "results")
+    for seed, host in ((1, {"cpus": 2, "cpu_capability": "AVX2", "native_bf16": False}),
+                       (2, {"cpus": 8, "cpu_capability": "AVX512", "native_bf16": True})):
+        summary_path = next((tmp_path / "results" / "fdkt-a").glob(f"*-s{seed}-*")) / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary_path.write_text(json.dumps({**summary, "host": host}))
+    text = page(grid_path, tmp_path / "results")
+    overview = next(ln for ln in text.splitlines() if ln.startswith("| `fdkt-a` | fdkt |"))
+    assert "| 0: not recorded; 1: 2 CPUs, AVX2, no native bfloat16; 2: 8 CPUs, AVX512 |" in overview
+    assert "| hosts (seeds: host) |" in text
+
+
 def test_missing_cells_and_seeds_are_listed_with_their_command(grid_path: Path, tmp_path: Path) -> None:
     fdkt_runs(tmp_path / "results")
     write_run(tmp_path / "results", "fdkt-b", 1, {"fdkt": metrics(0.8, 0.7)}, eps=1.0)
@@ -129,7 +143,8 @@ def test_missing_cells_and_seeds_are_listed_with_their_command(grid_path: Path, 
     assert "- `fdkt-b`, seeds 0, 2: `python -m bench.claims run fdkt-b` (its missing seeds in turn)" in gaps
     assert "`fdkt-a`" not in gaps.split("\n## ")[0]  # every seed of fdkt-a is recorded
     assert "- `distildp-a`, seed 0: `python -m bench.claims run distildp-a`" in text
-    assert "| `fedmkt-a` | fedmkt | sst2, homogeneous, IID | none of 0, 1 | `jobs/fedmkt-sst2-homo.yaml` |" in text
+    assert ("| `fedmkt-a` | fedmkt | sst2, homogeneous, IID | none of 0, 1 | none | `jobs/fedmkt-sst2-homo.yaml` |"
+            in text)
     assert ("`estuary run jobs/fdkt-sst2.yaml --set privacy.target_epsilon=1 --set 'baselines=[]' --set seed=S`"
             in text)
     assert "No run of DistilDP is recorded yet" in text
