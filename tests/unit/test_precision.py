@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from estuary.cli import main
+from estuary.config import ExperimentConfig
 from estuary.lm.precision import bf16_note, native_bf16, resolve_dtype
-from estuary.platform.dtypes import dtype_lines, resolve_run_dtype
+from estuary.platform.dtypes import dtype_lines, resolve_run_dtype, resolve_server_dtype
 from estuary.platform.loading import load_config
 from estuary.serve.config import ServerConfig
 from tests.conftest import REPO, build_tiny_model
@@ -47,20 +48,41 @@ def test_the_run_resolves_auto_once_and_says_why(monkeypatch: pytest.MonkeyPatch
     gpu = load_config(QUICKSTART, ["clients.resources.num_gpus=0.5"])
     assert resolve_run_dtype(gpu)[0].models.dtype == "bfloat16"
     cpu_bf16(monkeypatch, True)
-    assert dtype_lines(cfg)[1] == ["models.dtype auto → bfloat16 (this CPU runs bfloat16 natively)"]
+    assert dtype_lines(cfg)[1] == ["models.dtype auto → bfloat16 (this CPU runs bfloat16 natively)",
+                                   "server.dtype auto → bfloat16 (this CPU runs bfloat16 natively)"]
+
+
+def test_the_served_dtype_is_resolved_and_recorded_where_the_run_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_bf16(monkeypatch, False)
+    cfg = load_config(QUICKSTART)
+    assert cfg.server.dtype == "auto"
+    resolved, line = resolve_server_dtype(cfg)
+    assert line == "server.dtype auto → float32 (this CPU has no native bfloat16: no AVX512_BF16)"
+    assert yaml.safe_load(resolved.to_yaml())["server"]["dtype"] == "float32"  # what config.yaml records
+    assert resolved.server.resolved_dtype() == cfg.server.resolved_dtype()  # what the deployment would pick
+    named = load_config(QUICKSTART, ["server.dtype=bfloat16"])
+    assert resolve_server_dtype(named) == (named, None)
+    unserved = load_config(REPO / "jobs" / "distildp-e2e.yaml")
+    assert resolve_server_dtype(unserved)[1] is None  # no strategy serves the LLM: nothing to say
+
+
+def client_lines(*overrides: str) -> tuple[ExperimentConfig, list[str]]:
+    """What validate and run print about the clients' dtype (the served LLM's line aside)."""
+    cfg, lines = dtype_lines(load_config(QUICKSTART, list(overrides)))
+    return cfg, [line for line in lines if not line.startswith("server.")]
 
 
 def test_bfloat16_on_a_cpu_without_it_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu_bf16(monkeypatch, False)
-    cfg, lines = dtype_lines(load_config(QUICKSTART, ["models.dtype=bfloat16"]))
+    cfg, lines = client_lines("models.dtype=bfloat16")
     assert cfg.models.dtype == "bfloat16" and len(lines) == 1
     assert lines[0].startswith("models.dtype bfloat16: this CPU has no native bfloat16")
     assert "run as float32 GEMMs with bfloat16 rounding (bf16_matmul: auto" in lines[0]
-    slow = dtype_lines(load_config(QUICKSTART, ["models.dtype=bfloat16", "models.bf16_matmul=torch"]))[1]
+    slow = client_lines("models.dtype=bfloat16", "models.bf16_matmul=torch")[1]
     assert len(slow) == 1 and "take torch's slow path" in slow[0] and "bf16_matmul: auto computes" in slow[0]
-    assert dtype_lines(load_config(QUICKSTART, ["models.dtype=float32"]))[1] == []
+    assert client_lines("models.dtype=float32")[1] == []
     cpu_bf16(monkeypatch, True)
-    assert dtype_lines(load_config(QUICKSTART, ["models.dtype=bfloat16"]))[1] == []
+    assert client_lines("models.dtype=bfloat16")[1] == []
 
 
 def test_validate_prints_the_choice(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

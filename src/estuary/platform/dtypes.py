@@ -32,9 +32,27 @@ def resolve_run_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | No
     return cfg.model_copy(update={"models": models}), f"models.dtype auto → {chosen} ({why})"
 
 
+def resolve_server_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | None]:
+    """`cfg` with server.dtype auto replaced by what the deployment would resolve it to (`ServerConfig.
+    resolved_dtype`: a GPU server bfloat16, a CPU one by this machine's CPU), and the line saying so; `cfg` itself
+    and None when the job names a dtype or no strategy of the run serves the LLM."""
+    from estuary.registry import get
+
+    server = cfg.server_config()
+    if server.dtype != AUTO or not {get(name).server_use for name in cfg.strategies()} - {""}:
+        return cfg, None
+    chosen = server.resolved_dtype()
+    why = "GPU server" if server.on_gpu else ("this CPU runs bfloat16 natively" if chosen == "bfloat16" else
+                                              "this CPU has no native bfloat16: no AVX512_BF16")
+    return (cfg.model_copy(update={"server": server.model_copy(update={"dtype": chosen})}),
+            f"server.dtype auto → {chosen} ({why})")
+
+
 def dtype_lines(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
-    """`resolve_run_dtype`, plus the note for bfloat16 clients on a CPU without it: what validate and run print."""
+    """`resolve_run_dtype` and `resolve_server_dtype`, plus the note for bfloat16 clients on a CPU without it: what
+    validate and run print."""
     cfg, chosen = resolve_run_dtype(cfg)
     note = None if chosen else bf16_note("models.dtype", cfg.models.dtype, on_gpu=clients_on_gpu(cfg),
                                           matmul=cfg.models.bf16_matmul)
-    return cfg, [line for line in (chosen, note) if line]
+    cfg, served = resolve_server_dtype(cfg)
+    return cfg, [line for line in (chosen, note, served) if line]
