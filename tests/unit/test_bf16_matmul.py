@@ -126,6 +126,8 @@ def test_a_model_trains_to_the_same_loss(tmp_path: Path) -> None:
             widen_linears(base)  # a CPU with native bfloat16: widen by hand, to compare the arithmetic anyway
         assert any("forward" in vars(m) for m in base.modules()) is (setting == "auto")
         models.append(attach_lora(base, LoraConfig(), seed=0))
+    widened = [m for m in models[1].modules() if "forward" in vars(m)]
+    assert widened and all(type(m) is torch.nn.Linear for m in widened)  # PEFT kept them as its base layers
     ids = tok(texts, return_tensors="pt", padding=True)["input_ids"]
 
     def step(model: torch.nn.Module) -> tuple[float, list[torch.Tensor]]:
