@@ -18,6 +18,15 @@ def clients_on_gpu(cfg: ExperimentConfig) -> bool:
     return any(r.num_gpus > 0 for r in client_resources(cfg))
 
 
+def _reason(chosen: str, gpu: str | None) -> str:
+    """Why `auto` became `chosen`: the GPU (`gpu`, its label) or this CPU's bfloat16 support."""
+    if gpu:
+        return gpu
+    if chosen == "bfloat16":
+        return "this CPU runs bfloat16 natively"
+    return "this CPU has no native bfloat16: no AVX512_BF16"
+
+
 def resolve_run_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | None]:
     """`cfg` with models.dtype auto replaced by what it resolves to on the clients' device (GPU workers: bfloat16;
     CPU workers: decided on this machine, the local cluster's node or the driver of a CPU cluster), and the line
@@ -26,8 +35,7 @@ def resolve_run_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str | No
         return cfg, None
     on_gpu = clients_on_gpu(cfg)
     chosen = resolve_dtype(AUTO, on_gpu=on_gpu)
-    why = "GPU clients" if on_gpu else ("this CPU runs bfloat16 natively" if chosen == "bfloat16" else
-                                         "this CPU has no native bfloat16: no AVX512_BF16")
+    why = _reason(chosen, "GPU clients" if on_gpu else None)
     models = cfg.models.model_copy(update={"dtype": chosen})
     return cfg.model_copy(update={"models": models}), f"models.dtype auto → {chosen} ({why})"
 
@@ -42,8 +50,7 @@ def resolve_server_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str |
     if server.dtype != AUTO or not {get(name).server_use for name in cfg.strategies()} - {""}:
         return cfg, None
     chosen = server.resolved_dtype()
-    why = "GPU server" if server.on_gpu else ("this CPU runs bfloat16 natively" if chosen == "bfloat16" else
-                                              "this CPU has no native bfloat16: no AVX512_BF16")
+    why = _reason(chosen, "GPU server" if server.on_gpu else None)
     return (cfg.model_copy(update={"server": server.model_copy(update={"dtype": chosen})}),
             f"server.dtype auto → {chosen} ({why})")
 
