@@ -12,10 +12,11 @@ step took ×1.17 float32's time.
 `widen_linears(model)` gives each bfloat16 `torch.nn.Linear` of a model on the CPU (every projection and the LM head
 of a Hugging Face causal LM) a forward that does this; autograd then runs the backward GEMMs in float32 too and
 hands bfloat16 gradients back. Weights stay bfloat16 in memory: a call widens them for its own duration. Widening
-costs time in proportion to the weights, so a call with fewer than `MIN_SIDE` rows (decoding a few sequences: 4
-rows through a 49152-token LM head took 27 ms in torch's kernel, 108 ms widened) or output features stays with
-torch. `load_base` applies it where `emulates(dtype, device, setting)`: bfloat16 weights on a CPU without native
-bfloat16, `models.bf16_matmul: auto` (LoRA adapters attached afterwards keep torch's kernels: their rank is small).
+costs time in proportion to the weights, so a call with fewer than `MIN_SIDE` rows (decoding a few sequences, where
+widening the LM head cost more than torch's kernel took in a one-off timing; bench.bf16_cpu's sampling row measures
+the net effect) or output features stays with torch. `load_base` applies it where `emulates(dtype, device,
+setting)`: bfloat16 weights on a CPU without native bfloat16, `models.bf16_matmul: auto` (LoRA adapters attached
+afterwards keep torch's kernels: their rank is small).
 """
 
 from __future__ import annotations
