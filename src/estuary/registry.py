@@ -62,6 +62,11 @@ def get(name: str) -> type[Strategy]:
         raise ConfigError(f"unknown method '{name}': {hint}known methods: {', '.join(available())}") from None
 
 
+def server_uses(names: list[str]) -> set[str]:
+    """What the methods `names` use the server LLM for (`Strategy.server_use`: serve, train), none for an empty set."""
+    return {get(name).server_use for name in names} - {""}
+
+
 def build_params(name: str, params: dict[str, Any], source: str = "config") -> Any:
     """Instantiate the registered strategy's config dataclass from a dict, with one-line errors."""
     return params_for(get(name), params, source)

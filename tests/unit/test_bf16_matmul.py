@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
 
 from estuary.lm.bf16_matmul import MIN_SIDE, emulates, widen_linears
 from tests.conftest import build_tiny_model
@@ -39,18 +41,32 @@ def layer_pair(k: int, n: int, bias: bool = True) -> tuple[torch.nn.Linear, torc
     return plain, widened
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_backward_agree_with_torch_bfloat16(bias: bool) -> None:
-    plain, widened = layer_pair(300, 40, bias)
+def conv1d_pair(k: int, n: int) -> tuple[Conv1D, Conv1D]:
+    """The same bfloat16 GPT-2 `Conv1D` (a Linear with its weight stored input × output) twice."""
+    torch.manual_seed(k + n)
+    plain = Conv1D(n, k).bfloat16()
+    torch.nn.init.normal_(plain.bias)
+    widened = Conv1D(n, k).bfloat16()
+    widened.load_state_dict(plain.state_dict())
+    assert widen_linears(widened) == 1
+    return plain, widened
 
-    def run(layer: torch.nn.Linear) -> list[torch.Tensor]:
-        x = bf16(2, 12, 300).requires_grad_()  # 24 rows
-        out = layer(x)
-        (out.float() ** 2).sum().backward()
-        assert layer.weight.grad is not None and x.grad is not None
-        return [out.detach(), layer.weight.grad, x.grad] + ([layer.bias.grad] if bias else [])
 
-    for got, want in zip(run(widened), run(plain), strict=True):
+def forward_backward(layer: torch.nn.Module) -> list[torch.Tensor]:
+    x = bf16(2, 12, 300).requires_grad_()  # 24 rows
+    out = layer(x)
+    (out.float() ** 2).sum().backward()
+    assert x.grad is not None
+    grads = [p.grad for p in (layer.weight, layer.bias) if p is not None]
+    assert all(g is not None for g in grads)
+    return [out.detach(), x.grad, *grads]
+
+
+@pytest.mark.parametrize("pair", [lambda: layer_pair(300, 40), lambda: layer_pair(300, 40, bias=False),
+                                  lambda: conv1d_pair(300, 40)], ids=["linear", "linear-no-bias", "conv1d"])
+def test_forward_and_backward_agree_with_torch_bfloat16(pair) -> None:  # type: ignore[no-untyped-def]
+    plain, widened = pair()
+    for got, want in zip(forward_backward(widened), forward_backward(plain), strict=True):
         agree(got, want)
 
 
@@ -78,9 +94,19 @@ def test_a_thin_call_stays_with_torch() -> None:
 
 def test_only_bfloat16_cpu_linears_are_widened() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8).bfloat16(),
-                                torch.nn.Embedding(10, 8).bfloat16())
-    assert widen_linears(model) == 1
-    assert "forward" in vars(model[1]) and "forward" not in vars(model[0])
+                                torch.nn.Embedding(10, 8).bfloat16(), Conv1D(8, 8), Conv1D(8, 8).bfloat16())
+    assert widen_linears(model) == 2
+    assert [("forward" in vars(m)) for m in model] == [False, True, False, False, True]
+
+
+def test_a_thin_conv1d_call_stays_with_torch() -> None:
+    plain, widened = conv1d_pair(64, 300)
+    with torch.no_grad():
+        thin = bf16(MIN_SIDE - 1, 64)
+        assert torch.equal(widened(thin), plain(thin))
+        wide = bf16(2, MIN_SIDE, 64)
+        want = torch.addmm(plain.bias.float(), wide.reshape(-1, 64).float(), plain.weight.float()).bfloat16()
+        assert torch.equal(widened(wide), want.view(2, MIN_SIDE, 300))
 
 
 def test_it_applies_only_to_bfloat16_on_a_cpu_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,3 +166,34 @@ def test_a_model_trains_to_the_same_loss(tmp_path: Path) -> None:
     assert len(got_grads) == len(want_grads) > 0
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=0.05, atol=1e-3 * float(w.abs().max()) + 1e-8)
+
+
+def test_a_gpt2_model_computes_the_same_loss() -> None:
+    """GPT-2's attention and MLP are `Conv1D`s and its LM head a Linear: widened, a bfloat16 GPT-2's loss and
+    gradients match torch's bfloat16 kernels to bfloat16 precision."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=32, bos_token_id=0,
+                        eos_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)  # no dropout draws
+    plain = GPT2LMHeadModel(config).bfloat16()
+    widened = GPT2LMHeadModel(config).bfloat16()
+    widened.load_state_dict(plain.state_dict())
+    assert widen_linears(widened) == 2 * 4 + 1  # c_attn, c_proj, c_fc, mlp.c_proj per block; the LM head
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+
+    def step(model: torch.nn.Module) -> tuple[float, torch.Tensor]:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grad = model.transformer.h[0].attn.c_attn.weight.grad
+        assert grad is not None
+        return float(loss.detach()), grad.float()
+
+    (want_loss, want_grad), (got_loss, got_grad) = step(plain), step(widened)
+    assert got_loss == pytest.approx(want_loss, rel=2 ** -7)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0.05, atol=1e-3 * float(want_grad.abs().max()))
+
+    from estuary.lm.lora import LoraConfig
+    from estuary.lm.model import attach_lora
+
+    adapted = attach_lora(widened, LoraConfig(), seed=0)  # LoRA on c_attn, PEFT's fan-in-fan-out Conv1D
+    base_layers = [m for m in adapted.modules() if "forward" in vars(m)]
+    assert any(type(m) is Conv1D for m in base_layers) and len(base_layers) == 9

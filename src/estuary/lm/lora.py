@@ -3,8 +3,9 @@ teachers, and the server trainer (`train.lora`); `peft_config(model)` turns it i
 
 `targets: auto` (the default) takes the target modules from PEFT's per-architecture mapping
 (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: q_proj and v_proj for Llama, Qwen2 and Gemma-3), and for
-an architecture PEFT does not list, every linear projection inside the attention blocks, so that any Hugging
-Face causal LM works without its module names.
+an architecture PEFT does not list, every linear projection (a Linear, or GPT-2's transposed `Conv1D`) inside the
+attention blocks, so that any Hugging Face causal LM works without its module names. Where the targets are
+`Conv1D`s, the adapter is told their weight is stored input × output (PEFT's `fan_in_fan_out`).
 """
 
 from __future__ import annotations
@@ -46,20 +47,31 @@ class LoraConfig(BaseModel):
         from peft import LoraConfig as PeftLoraConfig
         from peft import TaskType
 
-        return PeftLoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                              target_modules=self.target_modules(model), task_type=TaskType.CAUSAL_LM, bias="none")
+        targets = self.target_modules(model)
+        return PeftLoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                              fan_in_fan_out=targets_conv1d(model, targets), task_type=TaskType.CAUSAL_LM,
+                              bias="none")
+
+
+def targets_conv1d(model: torch.nn.Module, targets: list[str]) -> bool:
+    """Whether the modules named `targets` in `model` are GPT-2-style `Conv1D`s (weight stored input × output)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for name, module in model.named_modules()
+               if name.rsplit(".", 1)[-1] in targets)
 
 
 def auto_targets(model: torch.nn.Module) -> tuple[list[str], str]:
     """(target module names, where they come from) for `targets: auto`; ValueError if the model has none."""
     import torch
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAPPING
+    from transformers.pytorch_utils import Conv1D
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in MAPPING:
         return list(MAPPING[model_type]), f"PEFT's mapping for {model_type}"
     names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                    if isinstance(module, torch.nn.Linear)
+                    if isinstance(module, torch.nn.Linear | Conv1D)
                     and any("attn" in part or "attention" in part for part in name.split(".")[:-1])})
     if not names:
         raise ValueError(f"training.lora.targets: auto found no linear projection inside the attention blocks of "

@@ -44,10 +44,10 @@ def resolve_server_dtype(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str |
     """`cfg` with server.dtype auto replaced by what the deployment would resolve it to (`ServerConfig.
     resolved_dtype`: a GPU server bfloat16, a CPU one by this machine's CPU), and the line saying so; `cfg` itself
     and None when the job names a dtype or no strategy of the run serves the LLM."""
-    from estuary.registry import get
+    from estuary.registry import server_uses
 
     server = cfg.server_config()
-    if server.dtype != AUTO or not {get(name).server_use for name in cfg.strategies()} - {""}:
+    if server.dtype != AUTO or not server_uses(cfg.strategies()):
         return cfg, None
     chosen = server.resolved_dtype()
     why = _reason(chosen, "GPU server" if server.on_gpu else None)

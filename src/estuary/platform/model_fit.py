@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from estuary.errors import ConfigError, ModelNotAvailable
-from estuary.registry import get
+from estuary.registry import get, server_uses
 from estuary.runtime import cluster_address
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def model_uses(cfg: ExperimentConfig) -> list[ModelUse]:
         gen = get(name).generator_model(cfg)
         field = "privacy.generator_model" if gen == cfg.privacy.generator_model else "method_params.teacher_model"
         add(field, gen, cfg.models.dtype)
-    uses = {get(name).server_use for name in cfg.strategies()} - {""}
+    uses = server_uses(cfg.strategies())
     if cfg.evaluation.server or uses:
         add("models.server", cfg.server_config().model, _server_dtype(cfg, uses), server=True)
     return list(out.values())
