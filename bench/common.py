@@ -21,8 +21,10 @@ def environment() -> dict[str, Any]:
     import ray
     import torch
 
+    from estuary.lm.precision import host_facts
+
     return {
-        "cpus": os.cpu_count(),
+        **host_facts(),  # cpus, torch's CPU capability, native bfloat16: timings from different hosts told apart
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -2,7 +2,8 @@
 
     python -m bench.serve_throughput [--models smollm2-135m qwen2.5-0.5b qwen2.5-coder-1.5b]
                                      [--batches 1 16 64] [--new-tokens 64] [--prompts 256] [--shots 16]
-                                     [--no-lora-point] [--no-cli-start] [--name serve_throughput]
+                                     [--no-lora-point] [--no-cli-start] [--server-dtypes auto ...]
+                                     [--topk-texts 0] [--no-reference] [--name serve_throughput]
 
 For each model (defaults: the default client and server models, and qwen2.5-coder-1.5b, the method jobs'
 server):
@@ -14,9 +15,14 @@ server):
    workload — `--prompts` prompts built by FDKT's own builder (`estuary.knowledge.prompts`), which share a
    header and `--shots - 1` demonstrations per label, sampled (T=0.9, top-p 0.95). Also the time from
    `start_server` to the first token and the replica's peak RSS. For SmolLM2, batch 64 with LoRA off too.
+   With `--topk-texts N`, the prompt-side workload FedMKT and CrossLM send: top-k log-probabilities (k = 5)
+   of N SST-2 training texts, in tokens scored per second. With several `--server-dtypes` (e.g. float32
+   bfloat16), the served model is measured at each, one after the other in the same run, with each one's
+   ratios over the first.
 3. The transformers reference engine (`generate`, padded batches) in a fresh process, at its faster dtype
    (bfloat16 vs float32, picked at batch 16), on the same prompts; its peak RSS.
-Ratios are vLLM / reference. Results: bench/results/<--name>.json (default serve_throughput.json).
+Ratios are vLLM / reference (`--no-reference` skips 3). Results: bench/results/<--name>.json (default
+serve_throughput.json).
 """
 
 from __future__ import annotations
@@ -113,9 +119,11 @@ def cli_first_token(model: str, timeout_s: float = 900) -> dict[str, Any]:
 
 # -- 2. the served vLLM ------------------------------------------------------------------------------------
 def run_served(model: str, batches: list[int], new_tokens: int, workload: list[str], *,
-               enable_lora: bool = True, only_batch: int | None = None) -> dict[str, Any]:
+               enable_lora: bool = True, only_batch: int | None = None, dtype: str = "auto",
+               topk_texts: int = 0) -> dict[str, Any]:
     cfg = ServerConfig(model=model, app_name=f"bench-{model.replace('.', '-')}", enable_lora=enable_lora,
-                       kv_cache_gib=2, max_model_len=2048, adapter_root=tempfile.mkdtemp(prefix="bench-adapters-"))
+                       kv_cache_gib=2, max_model_len=2048, adapter_root=tempfile.mkdtemp(prefix="bench-adapters-"),
+                       dtype=dtype)
     began = time.monotonic()
     server = start_server(cfg)
     ready_s = time.monotonic() - began
@@ -140,6 +148,12 @@ def run_served(model: str, batches: list[int], new_tokens: int, workload: list[s
         out["augmentation"] = tokens_per_s(done, time.perf_counter() - t)
         out["augmentation_prompt_tokens_mean"] = round(sum(c.prompt_tokens for c in done) / len(done), 1)
         print(f"  served {model} augmentation ({len(workload)} prompts): {out['augmentation']} tok/s", flush=True)
+    if topk_texts and not only_batch:
+        texts = [ex.text for ex in load_splits("sst2", seed=0).train[:topk_texts]]
+        t = time.perf_counter()
+        scored = server.topk_logprobs(texts, k=5).texts
+        out["topk_scored_tok_s"] = round(sum(len(item.token_ids) for item in scored) / (time.perf_counter() - t), 1)
+        print(f"  served {model} top-5 of {len(texts)} texts: {out['topk_scored_tok_s']} tok/s", flush=True)
     out["replica_peak_rss_mib"] = server.info()["peak_rss_mib"]
     stop_server(cfg.app_name)
     return out
@@ -190,6 +204,14 @@ def run_reference(model: str, batches: list[int], new_tokens: int, workload: lis
     return out
 
 
+def dtype_ratios(by_dtype: dict[str, dict[str, Any]], first: str) -> dict[str, dict[str, float]]:
+    """Each later served dtype's tokens/s over the first's, per measured workload."""
+    base = by_dtype[first]
+    keys = [k for k, v in base.items() if (k.startswith("batch_") or k in ("augmentation", "topk_scored_tok_s"))
+            and isinstance(v, int | float)]
+    return {d: {k: round(m[k] / base[k], 2) for k in keys if base[k]} for d, m in by_dtype.items() if d != first}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b", "qwen2.5-coder-1.5b"])
@@ -199,6 +221,10 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=16, help="demonstrations per augmentation prompt")
     ap.add_argument("--no-lora-point", action="store_true", help="skip the LoRA-off batch-64 point")
     ap.add_argument("--no-cli-start", action="store_true", help="skip timing `estuary serve` to its first token")
+    ap.add_argument("--server-dtypes", nargs="+", default=["auto"],
+                    help="served dtypes to measure in turn (server.dtype values); ratios are over the first")
+    ap.add_argument("--topk-texts", type=int, default=0, help="also time top-5 log-probabilities of N texts")
+    ap.add_argument("--no-reference", action="store_true", help="skip the transformers reference engine")
     ap.add_argument("--name", default="serve_throughput", help="result file name under bench/results/")
     args = ap.parse_args()
 
@@ -212,14 +238,20 @@ def main() -> None:
              logging_level="WARNING", log_to_driver=bool(os.environ.get("BENCH_LOGS")))
     for model in args.models:
         print(f"{model} (served):", flush=True)
-        served = run_served(model, args.batches, args.new_tokens, workload)
+        by_dtype = {d: run_served(model, args.batches, args.new_tokens, workload, dtype=d,
+                                  topk_texts=args.topk_texts) for d in args.server_dtypes}
+        served = by_dtype[args.server_dtypes[0]]
         if model == "smollm2-135m" and not args.no_lora_point:
             served["lora_off"] = run_served(model, args.batches, args.new_tokens, [], enable_lora=False,
                                             only_batch=max(args.batches))
         results[model]["served_vllm_tok_s"] = served
+        if len(by_dtype) > 1:
+            results[model]["served_by_dtype"] = by_dtype
+            results[model]["ratio_over_first_dtype"] = dtype_ratios(by_dtype, args.server_dtypes[0])
+            print(f"  over {args.server_dtypes[0]}: {results[model]['ratio_over_first_dtype']}", flush=True)
     ray.shutdown()
     spawn = multiprocessing.get_context("spawn")
-    for model in args.models:
+    for model in [] if args.no_reference else args.models:
         print(f"{model} (reference):", flush=True)
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
             reference = pool.submit(run_reference, model, args.batches, args.new_tokens, workload).result()
