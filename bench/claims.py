@@ -6,9 +6,9 @@
     python -m bench.claims check                             # exit 1 when docs/results.md differs from `write`
 
 `run` calls `estuary run <job> --set ... --set seed=S` with the run folder under runs/claims/ (ignored by git),
-then copies the run's config.yaml, summary.json, rounds.jsonl and privacy.jsonl (never checkpoints) to
-results/<cell>/<run id>/, to be committed as each run finishes. A cell's seed counts once: its latest complete
-run (run ids end in a UTC timestamp, so the latest sorts last).
+then copies the run's config.yaml, summary.json, rounds.jsonl, clients.jsonl (each client's metrics per round)
+and privacy.jsonl (never checkpoints) to results/<cell>/<run id>/, to be committed as each run finishes. A
+cell's seed counts once: its latest complete run (run ids end in a UTC timestamp, so the latest sorts last).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "results" / "grid.yaml"
 RESULTS = ROOT / "results"
 PAGE = ROOT / "docs" / "results.md"
-RECORD_FILES = ("config.yaml", "summary.json", "rounds.jsonl", "privacy.jsonl")
+RECORD_FILES = ("config.yaml", "summary.json", "rounds.jsonl", "clients.jsonl", "privacy.jsonl")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def missing(grid: Grid, runs: dict[str, dict[int, Run]]) -> list[tuple[Cell, lis
 
 
 def copy_records(run_dir: Path, dest: Path) -> list[Path]:
-    """The four record files of a finished run (those it has) copied to dest; nothing else."""
+    """The record files of a finished run (those it has) copied to dest; nothing else."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in RECORD_FILES:

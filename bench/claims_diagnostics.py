@@ -7,6 +7,8 @@ A diagnostic in results/grid.yaml (under a method's `diagnostics:`) is one of
 - `{label, strategy, metric[, per][, reduce]}`: a strategy's per-round metric from rounds.jsonl, summed over the
   rounds (`reduce: mean` averages them); with `per`, divided by that metric's sum (a share);
 - `{label, strategy, metric, minus[, scale]}`: a strategy's final metric (summary.json) minus another, × scale;
+- `{label, strategy, final}`: a strategy's final metric (summary.json) as it is, e.g. `client/test/macro_f1/min`
+  (the lowest client's);
 - `{label, summary: client_train_examples}`: the mean number of private train examples per client.
 """
 
@@ -29,8 +31,8 @@ def check_diagnostic(where: str, d: dict[str, Any]) -> dict[str, Any]:
         if d["summary"] != "client_train_examples":
             raise ValueError(f"{where}: summary: {d['summary']!r}; the one known is client_train_examples")
         return d
-    if "strategy" not in d or "metric" not in d:
-        raise ValueError(f"{where}: diagnostic {d['label']!r} needs strategy and metric (or summary)")
+    if "strategy" not in d or ("metric" not in d and "final" not in d):
+        raise ValueError(f"{where}: diagnostic {d['label']!r} needs strategy and metric or final (or summary)")
     if d.get("reduce", "sum") not in ("sum", "mean"):
         raise ValueError(f"{where}: diagnostic {d['label']!r}: reduce is sum or mean")
     return d
@@ -68,11 +70,13 @@ def value(d: dict[str, Any], run: Run) -> float | None:
     if d.get("summary") == "client_train_examples":
         sizes = run.summary.get("client_sizes") or {}
         return statistics.fmean(float(s[0]) for s in sizes.values()) if sizes else None
-    if "minus" in d:
+    if "minus" in d or "final" in d:
         metrics = run.summary.get("strategies", {}).get(d["strategy"], {}).get("metrics", {})
-        if d["metric"] not in metrics or d["minus"] not in metrics:
+        names = [d["final"]] if "final" in d else [d["metric"], d["minus"]]
+        if any(name not in metrics for name in names):
             return None
-        return (float(metrics[d["metric"]]) - float(metrics[d["minus"]])) * float(d.get("scale", 1.0))
+        vals = [float(metrics[name]) for name in names]
+        return (vals[0] - sum(vals[1:])) * float(d.get("scale", 1.0))
     rows = [r.get("metrics", {}) for r in run.rounds if r.get("strategy") == d["strategy"]]
     vals = [float(m[d["metric"]]) for m in rows if d["metric"] in m]
     if not vals:

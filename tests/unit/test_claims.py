@@ -62,7 +62,7 @@ def metrics(acc: float | None = None, f1: float | None = None, ppl: float | None
 def write_run(results: Path, cell: str, seed: int, strategies: dict[str, dict[str, float]], *,
               run_id: str | None = None, status: str = "complete", eps: float | None = None,
               kind: str = "classification", rounds: list[dict[str, Any]] | None = None) -> Path:
-    """A run folder as `estuary run` leaves it (the four record files), under results/<cell>/<run id>/."""
+    """A run folder as `estuary run` leaves it (its record files), under results/<cell>/<run id>/."""
     run_id = run_id or f"{cell}-s{seed}-20270101-000000"
     d = results / cell / run_id
     d.mkdir(parents=True)
@@ -79,6 +79,7 @@ def write_run(results: Path, cell: str, seed: int, strategies: dict[str, dict[st
     rows = rounds or [{"strategy": n, "round": 2, "wall_s": 1.0, "metrics": m} for n, m in strategies.items()]
     (d / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "config.yaml").write_text(f"name: {cell}\nseed: {seed}\n")
+    (d / "clients.jsonl").write_text("")
     (d / "privacy.jsonl").write_text("")
     return d
 
@@ -254,14 +255,17 @@ def test_run_copies_only_the_four_record_files(grid_path: Path, tmp_path: Path,
 
 def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(grid_path: Path,
                                                                                  tmp_path: Path) -> None:
-    """A method's diagnostics: a per-round metric summed (or as a share), a final-metric difference, the client
-    sizes, each mean ± std over seeds; its reading shows below; a reading with a digit is refused."""
+    """A method's diagnostics: a per-round metric summed (or as a share), a final metric and a final-metric
+    difference, the client sizes, each mean ± std over seeds; its reading shows below; a reading with a digit is
+    refused."""
     diag = """    diagnostics:
       - {label: sizes, summary: client_train_examples}
       - {label: kept share, strategy: fdkt, metric: server/kept, per: server/input}
       - {label: sent per round, strategy: fdkt, metric: server/sent, reduce: mean}
       - {label: acc minus f1, strategy: standalone, metric: client/test/accuracy/mean,
          minus: client/test/macro_f1/mean, scale: 100}
+      - {label: final f1, strategy: standalone, final: client/test/macro_f1/mean}
+      - {label: no such metric, strategy: standalone, final: client/test/macro_f1/min}
     reading: {text: "the skew in `fdkt-a`, not the transfer.", runs: 2}
 """
     grid_path.write_text(GRID.replace("    claim: {text: \"FDKT", diag + "    claim: {text: \"FDKT", 1))
@@ -279,6 +283,8 @@ def test_diagnostics_come_from_the_records_and_a_reading_may_not_hold_a_number(g
     assert "| `fdkt-a` | kept share | 2 | 0.938 ± 0.088 |" in text  # (6+8)/16 and (8+8)/16
     assert "| `fdkt-a` | sent per round | 2 | 15.0 ± 0.0 |" in text
     assert "| `fdkt-a` | acc minus f1 | 2 | 15.0 ± 7.1 |" in text
+    assert "| `fdkt-a` | final f1 | 2 | 0.450 ± 0.071 |" in text
+    assert "no such metric" not in text  # a run without the metric has no value, and no row shows without one
     assert ("Reading (by whoever ran the grid, from the quantities above): the skew in `fdkt-a`, not the "
             "transfer.") in text
     write_run(results, "fdkt-a", 2, {"fdkt": metrics(0.7, 0.6)})
