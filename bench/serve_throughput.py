@@ -261,7 +261,9 @@ def main() -> None:
         results[model]["ratio_vllm_over_reference"] = {k: round(served[k] / reference[k], 2) for k in keys}
         print(f"  ratios: {results[model]['ratio_vllm_over_reference']}", flush=True)
     write_result(args.name, {
-        "what": "output tokens/s, served vLLM (Ray Serve handle) vs transformers reference generate, same run",
+        "what": "output tokens/s, served vLLM (Ray Serve handle)" + (
+            "" if args.no_reference else " vs transformers reference generate, same run") + (
+            f"; served dtypes {', '.join(args.server_dtypes)} in turn" if len(args.server_dtypes) > 1 else ""),
         "command": " ".join(["python -m bench.serve_throughput", *sys.argv[1:]]),
         "new_tokens": args.new_tokens, "batches": args.batches, "augmentation_prompts": len(workload),
         "augmentation_shots": args.shots,

@@ -238,7 +238,7 @@ def test_the_committed_page_matches_the_committed_records() -> None:
     assert main(["check"]) == 0, "docs/results.md is stale: run `python -m bench.claims write`"
 
 
-def test_run_copies_only_the_four_record_files(grid_path: Path, tmp_path: Path,
+def test_run_copies_only_the_record_files(grid_path: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     run = write_run(tmp_path / "runs", "x", 0, {"fdkt": metrics(0.7)})
     (run / "checkpoints" / "fdkt").mkdir(parents=True)
