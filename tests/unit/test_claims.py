@@ -239,7 +239,7 @@ def test_the_committed_page_matches_the_committed_records() -> None:
 
 
 def test_run_copies_only_the_record_files(grid_path: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     run = write_run(tmp_path / "runs", "x", 0, {"fdkt": metrics(0.7)})
     (run / "checkpoints" / "fdkt").mkdir(parents=True)
     (run / "checkpoints" / "fdkt" / "state.pt").write_bytes(b"0")
