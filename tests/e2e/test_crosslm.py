@@ -86,6 +86,9 @@ def test_server_released_while_the_llm_trains(tmp_path: Path, tiny_model_dir: Pa
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
     rounds = [r["metrics"] for r in read_jsonl(run_dir / "rounds.jsonl") if r["strategy"] == "crosslm"]
     assert all(m["server/llm_train/redeploy_s"] > 0 for m in rounds)  # each training stopped the deployment
+    assert all(m["server/llm_train/release_s"] + m["server/llm_train/fit_s"] + m["server/llm_train/redeploy_s"]
+               <= m["server/llm_train/wall_s"] + 0.05 for m in rounds)  # its wall time, split (2-decimal rounding)
+    assert all(m["server/llm/eval_s"] > 0 for m in rounds)
     assert rounds[1]["server/generate/adapter_version"] == rounds[0]["server/llm/adapter_version"] >= 1
     assert rounds[1]["server/llm/adapter_version"] == rounds[0]["server/llm/adapter_version"] + 1
     assert all(0 <= m["server/llm/test/accuracy"] <= 1 for m in rounds)

@@ -148,3 +148,51 @@ def test_llm_task_records_are_the_default_and_generation_only_is_an_option(monke
         if expected == 4:
             assert seen[0][2:] == [{"prompt": "Review: a joy to watch\nSentiment:", "completion": " positive"},
                                    {"prompt": "Review: a chore\nSentiment:", "completion": " negative"}]
+
+
+def test_the_server_training_call_splits_its_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_server_adapter times what a mutual method's server step spends around the fit: stopping the replica
+    (release_s), the fit, and publishing the version (redeploy_s), inside its own wall_s; with a fake clock, each
+    is exactly the seconds its stand-in took."""
+    import contextlib
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from estuary import train
+    from estuary.strategies import server_llm
+    from estuary.train import trainer
+
+    now = [100.0]
+
+    def take(seconds: float) -> None:
+        now[0] += seconds
+
+    @contextlib.contextmanager
+    def released():  # type: ignore[no-untyped-def]
+        take(7.0)  # the replica stops
+        yield True
+
+    class FakeTrainer:
+        def __init__(self, config: dict, storage_path: Path | None = None) -> None:
+            self.config = config
+
+        def fit(self, records: list, name: str) -> SimpleNamespace:
+            take(30.0)
+            return SimpleNamespace(adapter_dir=Path("adapter"), losses=[2.0, 1.0], fit_seconds=30.0,
+                                   startup_seconds=12.0, tokens_per_second=50.0)
+
+    def publish(path: Path, name: str) -> SimpleNamespace:
+        take(21.0)  # the replica starts again with the new version
+        return SimpleNamespace(id=f"{name}@v1")
+
+    monkeypatch.setattr(server_llm, "time", SimpleNamespace(monotonic=lambda: now[0], strftime=time.strftime))
+    monkeypatch.setattr(train, "ServerTrainer", FakeTrainer)
+    monkeypatch.setattr(trainer, "check_served_model", lambda config, llm: take(2.0))
+    server = SimpleNamespace(run_dir=None, running=True, released=released, log=lambda msg: None,
+                             llm=SimpleNamespace(publish=publish))
+    strategy = SimpleNamespace(name="crosslm", params=SimpleNamespace(adapter_name="crosslm"))
+    version, metrics = server_llm.train_server_adapter(strategy, 1, server, [{}] * 3, {}, what="trained")  # type: ignore[arg-type]
+    assert version == "crosslm@v1"
+    assert (metrics["release_s"], metrics["fit_s"], metrics["redeploy_s"]) == (7.0, 30.0, 21.0)
+    assert metrics["wall_s"] == 60.0  # + the served-model check before the release

@@ -374,6 +374,7 @@ def test_slms_distil_from_the_llm_version_published_this_round(monkeypatch: pyte
     assert targets[0][0] == [[3, 6]] * 4 and targets[0][1][0] == pytest.approx(ln(0.6, 0.2))  # v1's rows
     assert metrics["llm/adapter_version"] == metrics["llm/slm_targets_version"] == 1.0
     assert metrics["knowledge/k"] == 20 and metrics["select/clients_took_llm"] == 1
+    assert metrics["knowledge/llm_topk_seconds"] >= 0  # the served LLM's top-k calls, timed apart
     server_row = next(r for r in rows if r.get("client") == "server")
     assert server_row["adapter"] is None and server_row["targets_adapter"] == "fedmkt@v1"
     assert any("clamped to server.max_logprobs 20" in r.get("log", "") for r in rows)
@@ -444,3 +445,16 @@ def test_the_llm_is_evaluated_on_the_clients_evaluation_rounds(monkeypatch: pyte
     assert evaluated == [None, "fedmkt@v2"]  # the start, then round 2 (the last), not round 1
     assert "llm_start/test/accuracy" in seen[0] and "llm/test/accuracy" not in seen[0]
     assert seen[1]["llm/test/accuracy"] == 0.5
+
+
+def test_the_llm_evaluation_is_timed_when_it_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The LLM's evaluation carries its own seconds (`llm/eval_s` in the round), and nothing when it measured
+    nothing (llm_eval_size 0)."""
+    from estuary.strategies import fedmkt as fedmkt_module
+
+    strategy, server, _ = _fedmkt_round_setup(monkeypatch, tmp_path)
+    results: list[dict[str, float]] = [{"test/accuracy": 0.5}, {}]
+    monkeypatch.setattr(fedmkt_module, "evaluate_served_llm", lambda srv, version, n: results.pop(0))
+    timed = strategy._evaluate_llm(server, None)
+    assert timed["test/accuracy"] == 0.5 and timed["eval_s"] >= 0 and set(timed) == {"test/accuracy", "eval_s"}
+    assert strategy._evaluate_llm(server, None) == {}

@@ -25,6 +25,7 @@ model outputs; nothing private).
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -181,13 +182,14 @@ class CrossLM(Strategy):
         from estuary.knowledge.llm_eval import llm_perplexity
 
         p: CrossLMConfig = self.params
+        began = time.monotonic()
         out = evaluate_served_llm(server, version, p.llm_eval_size, channel=p.llm_channel_eval)
         if p.general_size:
             out.update({f"general/{k}": v for k, v in
                         llm_perplexity(server.llm, _general_texts(p.general_task, p.general_size, self.exp.seed,
                                                                   self.exp.data.root),
                                        adapter=version).items()})
-        return out
+        return {**out, "eval_s": round(time.monotonic() - began, 2)} if out else out
 
     def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
         ev = self.should_evaluate(rnd)

@@ -182,7 +182,9 @@ class FedMKT(Strategy):
         llm_spec = self.exp.server_config().model
         args = (self.vocab, p.selection, p.selection_metric,
                 self._completion_ids(server, {llm_spec, *(spec for spec, _ in accepted.values())}))
+        t0 = time.perf_counter()
         llm_topk = self._llm_knowledge(server, texts)
+        topk_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ex = llm_side(llm_spec, llm_topk, accepted, *args)
         align_s = time.perf_counter() - t0
@@ -191,7 +193,9 @@ class FedMKT(Strategy):
             metrics.update({f"llm_train/{k}": v for k, v in train_metrics.items()})
         elif p.train_llm:
             server.log(f"[yellow]fedmkt round {rnd}: no client knowledge accepted; the LLM is not trained[/yellow]")
+        t0 = time.perf_counter()
         slm_topk = self._llm_knowledge(server, texts) if p.slm_targets == "after_update" else llm_topk
+        metrics["knowledge/llm_topk_seconds"] = topk_s + time.perf_counter() - t0  # the served LLM's top-k calls
         t0 = time.perf_counter()
         client_side(llm_spec, slm_topk, accepted, *args, into=ex)
         metrics["align/seconds"] = align_s + time.perf_counter() - t0
@@ -237,7 +241,9 @@ class FedMKT(Strategy):
                                     start=self.version if p.llm_continue else None)
 
     def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
-        return evaluate_served_llm(server, version, self.params.llm_eval_size)
+        began = time.monotonic()
+        out = evaluate_served_llm(server, version, self.params.llm_eval_size)
+        return {**out, "eval_s": round(time.monotonic() - began, 2)} if out else out
 
     def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
         ev = self.should_evaluate(rnd)

@@ -16,26 +16,32 @@ def train_server_adapter(strategy: Strategy, rnd: int, server: ServerContext, re
                          config: dict[str, Any], what: str, start: str | None = None) -> tuple[str, dict[str, float]]:
     """Fine-tune the served model's adapter `strategy.params.adapter_name` on `records` with `config` (a
     TrainConfig mapping), from the published version `start` (None: a fresh adapter), and publish it; returns
-    the new version id and the training metrics."""
+    the new version id and the training metrics. Its timings split the call's wall time (`wall_s`): stopping
+    the replica (`release_s`, with release_while_training), the trainer's setup before its first step
+    (`startup_s`, inside `fit_s`), `fit_s`, and publishing the version (`redeploy_s`: its start again)."""
     from estuary.train import ServerTrainer
     from estuary.train.trainer import check_served_model
 
+    entered = time.monotonic()
     if start is not None and "init_adapter" not in config:
         config = {**config, "init_adapter": published_path(server, start)}
     trainer = ServerTrainer(config, storage_path=server.run_dir / "llm_train" if server.run_dir else None)
     if server.running or not server.exp.server_config().release_while_training:  # else deployed after, from exp
         check_served_model(trainer.config, server.llm)
+    began = time.monotonic()
     with server.released() as released:  # server.release_while_training: the replica's memory goes to training
+        release_s = time.monotonic() - began
         outcome = trainer.fit(records, name=f"{strategy.name}-r{rnd}-{time.strftime('%H%M%S')}")
     began = time.monotonic()
     version = server.llm.publish(outcome.adapter_dir, name=strategy.params.adapter_name)
-    extra = {"redeploy_s": round(time.monotonic() - began, 2)} if released else {}
+    extra = {"release_s": round(release_s, 2), "redeploy_s": round(time.monotonic() - began, 2)} if released else {}
     losses = outcome.losses
     server.log(f"[dim]{strategy.name} round {rnd}: LLM {what} on {len(records)} samples, loss {losses[0]:.3f} → "
                f"{losses[-1]:.3f}; published {version.id}[/dim]")
     return version.id, {"records": float(len(records)), "loss_first": losses[0], "loss_last": losses[-1],
                         "fit_s": outcome.fit_seconds, "startup_s": outcome.startup_seconds,
-                        "tokens_per_s": outcome.tokens_per_second, **extra}
+                        "tokens_per_s": outcome.tokens_per_second, **extra,
+                        "wall_s": round(time.monotonic() - entered, 2)}
 
 
 def evaluate_served_llm(server: ServerContext, version: str | None, n: int, *, channel: bool = False
