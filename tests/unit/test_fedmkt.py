@@ -446,15 +446,3 @@ def test_the_llm_is_evaluated_on_the_clients_evaluation_rounds(monkeypatch: pyte
     assert "llm_start/test/accuracy" in seen[0] and "llm/test/accuracy" not in seen[0]
     assert seen[1]["llm/test/accuracy"] == 0.5
 
-
-def test_the_llm_evaluation_is_timed_when_it_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The LLM's evaluation carries its own seconds (`llm/eval_s` in the round), and nothing when it measured
-    nothing (llm_eval_size 0)."""
-    from estuary.strategies import fedmkt as fedmkt_module
-
-    strategy, server, _ = _fedmkt_round_setup(monkeypatch, tmp_path)
-    results: list[dict[str, float]] = [{"test/accuracy": 0.5}, {}]
-    monkeypatch.setattr(fedmkt_module, "evaluate_served_llm", lambda srv, version, n: results.pop(0))
-    timed = strategy._evaluate_llm(server, None)
-    assert timed["test/accuracy"] == 0.5 and timed["eval_s"] >= 0 and set(timed) == {"test/accuracy", "eval_s"}
-    assert strategy._evaluate_llm(server, None) == {}

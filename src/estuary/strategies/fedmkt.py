@@ -241,9 +241,7 @@ class FedMKT(Strategy):
                                     start=self.version if p.llm_continue else None)
 
     def _evaluate_llm(self, server: ServerContext, version: str | None) -> dict[str, float]:
-        began = time.monotonic()
-        out = evaluate_served_llm(server, version, self.params.llm_eval_size)
-        return {**out, "eval_s": round(time.monotonic() - began, 2)} if out else out
+        return evaluate_served_llm(server, version, self.params.llm_eval_size)
 
     def configure_followup(self, rnd: int, outcome: RoundOutcome) -> list[ClientTask]:
         ev = self.should_evaluate(rnd)

@@ -48,11 +48,13 @@ def evaluate_served_llm(server: ServerContext, version: str | None, n: int, *, c
                         ) -> dict[str, float]:
     """The served LLM (`version` of the adapter, None: the base model) on the first `n` test examples:
     accuracy for a classification task, perplexity of prompt + completion for a generation task; with
-    `channel`, also the noisy-channel accuracy of a single-text classification task (`channel_accuracy`)."""
+    `channel`, also the noisy-channel accuracy of a single-text classification task (`channel_accuracy`); and
+    the seconds it took (`eval_s`)."""
     from estuary.knowledge.llm_eval import llm_classify, llm_perplexity
 
     if not n:
         return {}
+    began = time.monotonic()
     test = list(server.test)[:n]
     if server.task.kind == "classification":
         res = llm_classify(server.llm, server.task, test, adapter=version)
@@ -62,7 +64,8 @@ def evaluate_served_llm(server: ServerContext, version: str | None, n: int, *, c
     else:
         res = llm_perplexity(server.llm, [server.task.prompt(ex) + server.task.completion(ex) for ex in test],
                              adapter=version)
-    return {f"test/{k}": v for k, v in res.items() if k not in ("n", "channel_n")}
+    return {**{f"test/{k}": v for k, v in res.items() if k not in ("n", "channel_n")},
+            "eval_s": round(time.monotonic() - began, 2)}
 
 
 def method_llm_eval_size(exp: Any) -> int | None:
